@@ -1,0 +1,219 @@
+"""The params schema and its loading: the one place that reads ``params.yaml``.
+
+Every key is typed and ranged (pydantic); a wrong value fails with one line naming the key, the
+value and what is allowed, before any stage does work. Paths of every artefact are derived here
+too, so that stages, tests and ``dvc.yaml`` agree on them.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ROOT = Path(__file__).resolve().parent.parent
+DOMAINS = ("VA", "VP", "VC", "VH")
+BUILTIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+                  "retina", "stereo_motorcycle", "china", "flower", "grace_hopper")
+METHODS = ("sam", "tuning", "equalizer")
+
+
+class ConfigError(ValueError):
+    """Invalid params: the message is one line naming key, value and what is allowed."""
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Count = Annotated[int, Field(ge=1, le=1_000_000)]
+Epochs = Annotated[int, Field(ge=1, le=10_000)]
+LearningRate = Annotated[float, Field(gt=0, le=100)]
+
+
+def _range(lo: float, hi: float):
+    return Annotated[tuple[float, float], Field(description=f"[low, high] within [{lo}, {hi}]")]
+
+
+class Data(_Block):
+    source: Literal["builtin", "cifar100"] = Field(description="builtin: embedded photos; cifar100: the paper's data")
+    cifar100_root: str = Field(description="where torchvision downloads CIFAR-100 when the network answers")
+    cifar100_local: str = Field(description="a local copy: cifar-100-python/ folder or the NumPy layout")
+    builtin_test_photos: tuple[str, ...] = Field(description="photos kept for test thumbnails only")
+    builtin_scales: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = Field(min_length=1)
+    n_pretrain: Count
+    n_base_test: Count
+    seed: Seed
+
+    @field_validator("builtin_test_photos")
+    @classmethod
+    def _photos(cls, v):
+        unknown = sorted(set(v) - set(BUILTIN_PHOTOS))
+        if unknown or not v or len(v) >= len(BUILTIN_PHOTOS):
+            raise ValueError(f"must be a non-empty proper subset of {list(BUILTIN_PHOTOS)}")
+        return v
+
+
+class Domains(_Block):
+    names: tuple[Literal["VA", "VP", "VC", "VH"], ...] = Field(min_length=2)
+    n_train: Count
+    n_test: Count
+    rotation_degrees: tuple[Annotated[float, Field(ge=0, le=180)], Annotated[float, Field(ge=0, le=180)]]
+    perspective_distortion: Annotated[float, Field(gt=0, le=1)]
+    contrast_factor: tuple[Annotated[float, Field(gt=0, le=5)], Annotated[float, Field(gt=0, le=5)]]
+    hue_shift: tuple[Annotated[float, Field(ge=0, le=0.5)], Annotated[float, Field(ge=0, le=0.5)]]
+    preview_count: Annotated[int, Field(ge=1, le=32)]
+    seed: Seed
+
+    @field_validator("names")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("domain names must be unique")
+        return v
+
+    @field_validator("rotation_degrees", "contrast_factor", "hue_shift")
+    @classmethod
+    def _ordered(cls, v):
+        if v[0] > v[1]:
+            raise ValueError("must be [low, high] with low <= high")
+        return v
+
+
+class Model(_Block):
+    width: Annotated[int, Field(ge=1, le=512)]
+    bandwidth_ratio: Annotated[float, Field(gt=0, le=1)]
+    snr_db: Annotated[float, Field(ge=-30, le=60)]
+
+
+class Train(_Block):
+    batch_size: Annotated[int, Field(ge=1, le=65536)]
+    device: Literal["auto", "cpu", "cuda"]
+    threads: Annotated[int, Field(ge=0, le=1024)] = Field(description="torch threads; 0 = torch's default")
+
+
+class Pretrain(_Block):
+    epochs: Epochs
+    lr: LearningRate
+    seed: Seed
+
+
+class Adapt(_Block):
+    epochs: Epochs
+    sparsities: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(min_length=1)
+    allocation: Literal["linear", "uniform", "product"]
+    score_lr: LearningRate
+    value_lr: LearningRate
+    seed: Seed
+
+    @field_validator("sparsities")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("sparsity ratios must be unique")
+        return v
+
+
+class Tuning(_Block):
+    lr: LearningRate
+    retune_epochs: Epochs
+
+
+class Equalizer(_Block):
+    hidden: Annotated[int, Field(ge=1, le=1024)]
+    blocks: Annotated[int, Field(ge=1, le=16)]
+    epochs: Epochs
+    lr: LearningRate
+
+
+class Evaluate(_Block):
+    snr_db: Annotated[float, Field(ge=-30, le=60)]
+    noise_seed: Seed
+    reconstructions: Annotated[int, Field(ge=1, le=16)]
+
+
+class Params(_Block):
+    profile: Literal["quick", "paper", "ci"]
+    data: Data
+    domains: Domains
+    model: Model
+    train: Train
+    pretrain: Pretrain
+    adapt: Adapt
+    tuning: Tuning
+    equalizer: Equalizer
+    evaluate: Evaluate
+
+    @model_validator(mode="after")
+    def _finite(self):
+        for key, value in _flatten(self.model_dump()).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{key} must be finite")
+        return self
+
+    # ---- derived paths: one definition, mirrored by dvc.yaml (tests/test_config.py checks) ----
+    @property
+    def run_name(self) -> str:
+        return f"{self.data.source}-{self.profile}"
+
+    @property
+    def build_dir(self) -> Path:
+        """DVC-cached artefacts of this data source and profile (ignored by git)."""
+        return ROOT / "build" / self.run_name
+
+    @property
+    def report_dir(self) -> Path:
+        """Git-tracked results of this data source and profile."""
+        return ROOT / "reports" / self.run_name
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def flat_params(params: Params) -> dict:
+    """Dotted-key view of every param (what MLflow logs)."""
+    return _flatten(params.model_dump(mode="json"))
+
+
+def _one_line(err: ValidationError, raw: dict) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    value = raw
+    for part in first["loc"]:
+        value = value.get(part, "<missing>") if isinstance(value, dict) else (
+            value[part] if isinstance(value, (list, tuple)) and isinstance(part, int) and part < len(value) else "<missing>")
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"params: {key} = {value!r}: {first['msg']}{more}"
+
+
+def parse(raw: object) -> Params:
+    """Validate a params mapping; raise ConfigError with one line on the first problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, raw)) from None
+
+
+def load(path: str | Path | None = None) -> Params:
+    """Read and validate ``params.yaml`` (or ``path``)."""
+    path = Path(path) if path else ROOT / "params.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"params: file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return parse(raw)

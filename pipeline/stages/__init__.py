@@ -1,0 +1,66 @@
+"""One thin entry point per DVC stage (``python -m pipeline.stages.<stage>``).
+
+Shared here: the error boundary (one line, non-zero exit, nothing written) and atomic writers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..config import ConfigError, Params, load
+
+EXIT_BAD_INPUT = 2
+
+
+def run(main: Callable[[Params], None]) -> None:
+    """Validate params, then run ``main``; bad input ends with one line on stderr and exit code 2."""
+    from ..data import DataError
+    from ..train import ModelFileError
+    known: tuple[type[Exception], ...] = (ConfigError, DataError, ModelFileError)
+    try:
+        from ..sam import SAMFileError
+        known += (SAMFileError,)
+    except ImportError:
+        pass
+    try:
+        params = load()
+        main(params)
+    except known as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically: readers never see half a file, a failure keeps the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_npy(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, arr, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def provenance(params: Params, run_id: str | None) -> dict:
+    """What produced a report: written into every metrics file and report."""
+    from ..tracking import git_commit
+    return {"profile": params.profile, "data_source": params.data.source, "git_commit": git_commit(),
+            "mlflow_run_id": run_id or "not tracked"}

@@ -1,0 +1,181 @@
+"""Training and evaluation loops shared by every stage: device, batches, checkpoints, PSNR.
+
+Determinism: each epoch's shuffling and channel noise come from a generator seeded by
+``(seed, epoch)``, so a run resumed from the checkpoint of epoch e draws exactly what an
+uninterrupted run draws, and the final weights and metrics are the same.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import ROOT, Params
+from .metrics import mean_psnr, psnr_per_image
+from .model import SCModel
+
+CHECKPOINTS = ROOT / ".checkpoints"  # outside every DVC output, so a killed stage can resume
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, corrupt or does not fit the configured architecture."""
+
+
+# ------------------------------------------------------------------------------------------ runtime
+def setup_runtime(params: Params) -> dict:
+    """Pick the device, fix threads and deterministic algorithms; return what to log."""
+    want = params.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    device = torch.device("cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if params.train.threads:
+        torch.set_num_threads(params.train.threads)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    info = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    print("runtime: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    info["device_obj"] = device
+    return info
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + epoch)
+    return g
+
+
+def to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 NCHW -> float in [0, 1] on the device (channels_last on CUDA, where it pays)."""
+    x = batch.to(device, non_blocking=True).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    return tqdm(iterable, desc=desc, total=total, leave=False, mininterval=1.0, dynamic_ncols=True,
+                disable=None)  # None: a bar on a terminal, silence in logs
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def fingerprint(*parts) -> str:
+    """Short hash of JSON-able parts (params, input hashes): a checkpoint only resumes its own run."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path: Path, key: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        print(f"checkpoint {path} unreadable ({type(err).__name__}); starting from scratch", flush=True)
+        return None
+    if state.get("key") != key:
+        print(f"checkpoint {path} belongs to other params or inputs; starting from scratch", flush=True)
+        return None
+    return state
+
+
+# -------------------------------------------------------------------------------------------- loops
+def fit(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+        forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, epochs: int, batch_size: int,
+        seed: int, device: torch.device, checkpoint: Path, key: str, desc: str,
+        on_epoch: Callable[[int, float], dict] | None = None) -> list[dict]:
+    """Minimise MSE(forward(x), x) over ``images`` (uint8 NCHW); checkpoint after every epoch.
+
+    ``module`` holds everything trained (its state_dict is checkpointed with the optimizer's);
+    ``on_epoch(epoch, train_loss)`` returns extra per-epoch metrics for the history.
+    Returns the history (one dict per epoch), including epochs restored from the checkpoint.
+    """
+    history, start = [], 0
+    state = _load_checkpoint(checkpoint, key)
+    if state is not None:
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start = [dict(h) for h in state["history"]], int(state["epoch"])
+        print(f"{desc}: resumed from checkpoint at epoch {start}/{epochs}", flush=True)
+    use_amp = device.type == "cuda"
+    n = len(images)
+    for epoch in range(start, epochs):
+        module.train()
+        gen = epoch_generator(seed, epoch, device)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        total, seen = 0.0, 0
+        for i in progress(range(0, n, batch_size), f"{desc} epoch {epoch + 1}/{epochs}"):
+            x = to_float(images[order[i:i + batch_size]], device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = nn.functional.mse_loss(forward(x, gen).float(), x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(x)
+            seen += len(x)
+        row = {"epoch": epoch + 1, "train_loss": total / seen}
+        if on_epoch is not None:
+            row.update(on_epoch(epoch + 1, row["train_loss"]))
+        history.append(row)
+        _save_checkpoint(checkpoint, {"key": key, "epoch": epoch + 1, "module": module.state_dict(),
+                                      "optimizer": optimizer.state_dict(), "history": history})
+    return history
+
+
+@torch.no_grad()
+def evaluate_psnr(decode: Callable[[torch.Tensor, torch.Generator], torch.Tensor], images: torch.Tensor, *,
+                  noise_seed: int, batch_size: int, device: torch.device) -> float:
+    """Mean PSNR of ``decode(x, generator)`` against x, in fp32, with a fixed noise realisation."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(noise_seed)
+    scores = []
+    for i in range(0, len(images), batch_size):
+        x = to_float(images[i:i + batch_size], device)
+        scores.append(psnr_per_image(decode(x, gen), x).cpu())
+    return mean_psnr(torch.cat(scores))
+
+
+# ---------------------------------------------------------------------------------------- model I/O
+def build_model(params: Params) -> SCModel:
+    return SCModel(width=params.model.width, bandwidth_ratio=params.model.bandwidth_ratio,
+                   snr_db=params.model.snr_db)
+
+
+def save_model(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
+    """safetensors, written atomically (an existing good file is never replaced by a partial one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_model(params: Params, path: Path) -> SCModel:
+    """The pretrained model, refusing a missing, corrupt or mismatched file with one clear line."""
+    model = build_model(params)
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: model file not found (run the pretrain stage first)") from None
+    except Exception as err:
+        raise ModelFileError(f"{path}: corrupt or not a safetensors model file ({err})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise ModelFileError(f"{path}: does not match model.width/bandwidth_ratio in params ({first})") from None
+    if not all(torch.isfinite(t).all() for t in state.values()):
+        raise ModelFileError(f"{path}: contains NaN or infinite weights")
+    return model.eval()
