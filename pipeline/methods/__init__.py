@@ -1,0 +1,103 @@
+"""Adaptation methods, one file each, one shared shape.
+
+A method module defines:
+
+- ``NAME`` (str) and ``USES_SPARSITY`` (bool: its DVC cells run over ``adapt.sparsities`` too);
+- ``adapt(ctx, domain, sparsity, tracker) -> dict``: adapt one agent to ``domain``, write the
+  method's artefacts under ``ctx.cell_dir(NAME)``, return the cell's metrics (keys: ``CELL_KEYS``);
+- ``variants(ctx, sparsity) -> list[Variant]``: the method's agents after its alignment step,
+  for the ``evaluate`` stage (a method may offer several ways back to alignment).
+
+Adding a method = one new file here + one ``adapt_<name>`` entry in ``dvc.yaml`` (README recipe).
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import Params
+from ..data import load_images, to_tensor
+from ..model import SCModel, link
+from ..train import evaluate_psnr, load_model
+
+# Every cell's metrics JSON has exactly these keys, whatever the method (evaluation treats all alike).
+CELL_KEYS = ("method", "domain", "sparsity", "domain_psnr", "memory_bytes", "memory_cost_pct", "details")
+
+Decode = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class Variant:
+    """One way an adapted agent population serves its domains and talks to the others.
+
+    ``local(d)`` prepares and returns agent d's own link (its Tx -> channel -> its Rx);
+    ``pair(a, b)`` returns the link from agent a's Tx to agent b's Rx after the alignment step;
+    ``memory_bytes(d)`` is what agent d stores beyond the shared pretrained model (real bytes).
+    """
+    method: str
+    sparsity: float | None
+    local: Callable[[str], Decode]
+    pair: Callable[[str, str], Decode]
+    memory_bytes: Callable[[str], int]
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What every method needs: params, device, data splits and the pretrained model."""
+    params: Params
+    device: torch.device
+    snr_db: float | None = None  # evaluation SNR; None: params.evaluate.snr_db
+
+    def __post_init__(self):
+        if self.snr_db is None:
+            self.snr_db = self.params.evaluate.snr_db
+
+    def split(self, name: str) -> torch.Tensor:
+        return _split(self.params.build_dir / "data" / f"{name}.npy")
+
+    def pretrained(self) -> SCModel:
+        """A fresh copy of the pretrained model on the device (callers may adapt it)."""
+        from ..stages.pretrain import model_path
+        return load_model(self.params, model_path(self.params)).to(self.device).eval()
+
+    def self_link(self, model: SCModel) -> Decode:
+        """An agent's own Tx -> channel (evaluation SNR) -> Rx."""
+        return lambda x, g: model(x, g, snr_db=self.snr_db)
+
+    def link(self, tx: SCModel, rx: SCModel, equalizer: torch.nn.Module | None = None) -> Decode:
+        """Agent tx's encoder -> channel -> (equalizer) -> agent rx's decoder."""
+        return lambda x, g: link(tx, rx, x, self.snr_db, g, equalizer)
+
+    def cell_dir(self, method: str) -> Path:
+        return self.params.build_dir / "adapt" / method
+
+    def psnr(self, decode: Decode, images: torch.Tensor) -> float:
+        """Mean PSNR with the evaluation noise seed: every method sees the same noise."""
+        return evaluate_psnr(decode, images, noise_seed=self.params.evaluate.noise_seed, batch_size=256,
+                             device=self.device)
+
+
+@cache
+def _split(path: Path) -> torch.Tensor:
+    return to_tensor(load_images(path))
+
+
+def cell_name(domain: str, sparsity: float | None) -> str:
+    return domain if sparsity is None else f"{domain}-{sparsity:g}"
+
+
+def registry() -> dict[str, object]:
+    """Every method module in this package, by NAME (discovered: a new file is enough)."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "NAME") and hasattr(module, "adapt"):
+            found[module.NAME] = module
+    return found

@@ -1,0 +1,103 @@
+"""equalizer: full fine-tuning on the domain (shared with ``tuning``), then at each receiver B a small
+equalizer per partner A, trained on base images to map A's received symbols to what B's decoder
+expects (B's decoder and A's encoder frozen). Memory: the adapted copy plus the equalizers.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
+from ..model import awgn
+from ..train import CHECKPOINTS, fingerprint, fit
+from . import Context, Variant
+from .tuning import copy_bytes, tuned_models
+
+NAME = "equalizer"
+USES_SPARSITY = False
+
+
+class Equalizer(nn.Module):
+    """Residual stack of 1x1 convolutions on the channel symbols; starts as the identity."""
+
+    def __init__(self, channels: int, hidden: int, blocks: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.PReLU(hidden),
+                                                  nn.Conv2d(hidden, channels, 1)) for _ in range(blocks))
+        for b in self.blocks:
+            nn.init.zeros_(b[-1].weight)
+            nn.init.zeros_(b[-1].bias)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            y = y + b(y)
+        return y
+
+
+def eq_path(ctx: Context, receiver: str):
+    return ctx.cell_dir(NAME) / f"{receiver}.safetensors"
+
+
+def new_equalizer(ctx: Context, channels: int) -> Equalizer:
+    return Equalizer(channels, ctx.params.equalizer.hidden, ctx.params.equalizer.blocks).to(ctx.device)
+
+
+def train_equalizer(ctx: Context, tx, rx, images, tag: str) -> tuple[Equalizer, list[dict]]:
+    p = ctx.params
+    torch.manual_seed(p.adapt.seed)
+    eq = new_equalizer(ctx, rx.channels)
+    tx.requires_grad_(False)
+    rx.requires_grad_(False)
+    opt = torch.optim.Adam(eq.parameters(), lr=p.equalizer.lr)
+    key = fingerprint(NAME, tag, p.model_dump(include={"adapt", "tuning", "equalizer", "train", "model"}))
+    curve = fit(eq, opt, images, lambda x, g: rx.decoder(eq(awgn(tx.transmit(x), rx.snr_db, g))),
+                epochs=p.equalizer.epochs, batch_size=p.train.batch_size, seed=p.adapt.seed, device=ctx.device,
+                checkpoint=CHECKPOINTS / p.run_name / NAME / f"{tag}.pt", key=key, desc=f"equalizer {tag}")
+    return eq.eval(), curve
+
+
+def adapt(ctx: Context, domain: str, sparsity: None, tracker) -> dict:
+    tuned = tuned_models(ctx)
+    images = ctx.split("base_train")[:ctx.params.domains.n_train]
+    start = time.perf_counter()
+    tensors, curves = {}, {}
+    for partner in (d for d in ctx.params.domains.names if d != domain):
+        eq, curves[partner] = train_equalizer(ctx, tuned[partner], tuned[domain], images, f"{partner}-to-{domain}")
+        for row in curves[partner]:
+            tracker.log_metrics({f"loss_from_{partner}": row["train_loss"]}, step=row["epoch"])
+        tensors.update({f"{partner}.{k}": v.detach().cpu().contiguous() for k, v in eq.state_dict().items()})
+    path = eq_path(ctx, domain)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path.with_name(path.name + ".tmp")), metadata={"receiver": domain})
+    os.replace(path.with_name(path.name + ".tmp"), path)
+    base = ctx.pretrained()
+    nbytes = copy_bytes(base) + tensor_bytes(tensors.values())
+    return {"method": NAME, "domain": domain, "sparsity": None,
+            "domain_psnr": ctx.psnr(ctx.self_link(tuned[domain]), ctx.split(f"{domain}_test")),
+            "memory_bytes": nbytes, "memory_cost_pct": memory_cost_pct(nbytes, fp32_bytes(base)),
+            "details": {"equalizer_parameters": sum(t.numel() for t in tensors.values()),
+                        "train_seconds": time.perf_counter() - start, "curves": curves}}
+
+
+def load_equalizers(ctx: Context, receiver: str, channels: int) -> dict[str, Equalizer]:
+    state = load_file(str(eq_path(ctx, receiver)))
+    out = {}
+    for partner in (d for d in ctx.params.domains.names if d != receiver):
+        eq = new_equalizer(ctx, channels)
+        eq.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(partner + ".")})
+        out[partner] = eq.eval()
+    return out
+
+
+def variants(ctx: Context, sparsity: None) -> list[Variant]:
+    tuned = tuned_models(ctx)
+    channels = next(iter(tuned.values())).channels
+    eqs = {d: load_equalizers(ctx, d, channels) for d in ctx.params.domains.names}
+    nbytes = copy_bytes(ctx.pretrained())
+    return [Variant(NAME, None, lambda d: ctx.self_link(tuned[d]),
+                    lambda a, b: ctx.link(tuned[a], tuned[b], eqs[b][a]),
+                    lambda d: nbytes + sum(tensor_bytes(e.state_dict().values()) for e in eqs[d].values()))]

@@ -1,0 +1,85 @@
+"""tuning: every weight fine-tuned on the local domain (the best local quality).
+
+Two ways back to alignment, both reported: re-tune on base data (``tuning_retune``; what is left of
+the domain PSNR afterwards is the forgetting), or keep a second full copy of the pretrained model
+(``tuning_copy``; memory 100 %). The tuned agents talking directly are the ``no_alignment``
+reference.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
+from ..train import CHECKPOINTS, fingerprint, fit, load_model, save_model
+from . import Context, Variant
+
+NAME = "tuning"
+USES_SPARSITY = False
+
+
+def tuned_path(ctx: Context, domain: str, retuned: bool = False):
+    return ctx.cell_dir(NAME) / f"{domain}{'-retuned' if retuned else ''}.safetensors"
+
+
+def copy_bytes(model: torch.nn.Module) -> int:
+    """A second full copy of the pretrained model, counted from its real tensors."""
+    return tensor_bytes(model.state_dict().values())
+
+
+def finetune(ctx: Context, model, images, epochs: int, tag: str, key_parts) -> list[dict]:
+    """Adam on every weight, MSE through the channel; checkpointed like every training loop."""
+    p = ctx.params
+    opt = torch.optim.Adam(model.parameters(), lr=p.tuning.lr)
+    key = fingerprint(NAME, tag, key_parts, p.model_dump(include={"adapt", "tuning", "train", "model"}))
+    return fit(model, opt, images, lambda x, g: model(x, g), epochs=epochs, batch_size=p.train.batch_size,
+               seed=p.adapt.seed, device=ctx.device, checkpoint=CHECKPOINTS / p.run_name / NAME / f"{tag}.pt",
+               key=key, desc=f"tuning {tag}")
+
+
+def adapt(ctx: Context, domain: str, sparsity: None, tracker) -> dict:
+    p = ctx.params
+    test_x = ctx.split(f"{domain}_test")
+    model = ctx.pretrained().requires_grad_(True)
+    start = time.perf_counter()
+    curve = finetune(ctx, model, ctx.split(f"{domain}_train"), p.adapt.epochs, domain, domain)
+    save_model(model.cpu(), tuned_path(ctx, domain), {"method": NAME, "domain": domain})
+    model.to(ctx.device).eval()
+    local = ctx.psnr(ctx.self_link(model), test_x)
+    # Way back (a): fine-tune on as many base images as the domain had.
+    retune_x = ctx.split("base_train")[:p.domains.n_train]
+    model.train()
+    retune_curve = finetune(ctx, model, retune_x, p.tuning.retune_epochs, f"{domain}-retune", domain)
+    save_model(model.cpu(), tuned_path(ctx, domain, retuned=True), {"method": NAME, "domain": domain})
+    model.to(ctx.device).eval()
+    after = ctx.psnr(ctx.self_link(model), test_x)
+    seconds = time.perf_counter() - start
+    for row in curve:
+        tracker.log_metrics({"train_loss": row["train_loss"]}, step=row["epoch"])
+    for row in retune_curve:
+        tracker.log_metrics({"retune_loss": row["train_loss"]}, step=row["epoch"])
+    base = ctx.pretrained()
+    nbytes = copy_bytes(base)
+    return {"method": NAME, "domain": domain, "sparsity": None, "domain_psnr": local,
+            "memory_bytes": nbytes, "memory_cost_pct": memory_cost_pct(nbytes, fp32_bytes(base)),
+            "details": {"domain_psnr_after_retune": after, "forgetting_db": local - after,
+                        "train_seconds": seconds, "curve": curve, "retune_curve": retune_curve}}
+
+
+def tuned_models(ctx: Context, retuned: bool = False) -> dict:
+    return {d: load_model(ctx.params, tuned_path(ctx, d, retuned)).to(ctx.device).eval()
+            for d in ctx.params.domains.names}
+
+
+def variants(ctx: Context, sparsity: None) -> list[Variant]:
+    tuned, retuned, base = tuned_models(ctx), tuned_models(ctx, retuned=True), ctx.pretrained()
+    nbytes = copy_bytes(base)
+    return [
+        Variant("tuning_retune", None, lambda d: ctx.self_link(retuned[d]),
+                lambda a, b: ctx.link(retuned[a], retuned[b]), lambda d: 0),
+        Variant("tuning_copy", None, lambda d: ctx.self_link(tuned[d]),
+                lambda a, b: ctx.link(base, base), lambda d: nbytes),
+        Variant("no_alignment", None, lambda d: ctx.self_link(tuned[d]),
+                lambda a, b: ctx.link(tuned[a], tuned[b]), lambda d: 0),
+    ]
