@@ -1,0 +1,387 @@
+"""params schema, profiles, and agreement of dvc.yaml with the paths derived in pipeline/config.py."""
+from __future__ import annotations
+
+import configparser
+import copy
+import math
+import re
+
+import pytest
+import yaml
+
+from pipeline import config, profile
+from pipeline.config import BUILTIN_PHOTOS, ROOT, ConfigError, parse
+from pipeline.stages import domains as domains_stage
+from pipeline.stages import pretrain as pretrain_stage
+
+PROFILES = ("quick", "ci", "paper")
+SOURCES = (None, "builtin", "cifar100")
+
+
+def quick() -> dict:
+    return profile.render("quick")
+
+
+def dvc_stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def lookup(raw: dict, dotted: str):
+    value = raw
+    for part in dotted.split("."):
+        assert isinstance(value, dict) and part in value, f"{dotted} is not in params"
+        value = value[part]
+    return value
+
+
+# ------------------------------------------------------------------------------------------ profiles
+def test_params_yaml_is_written_by_the_profile_command(tmp_path):
+    """The committed params.yaml is byte for byte what `python -m pipeline.profile quick --source builtin` writes."""
+    committed = (ROOT / "params.yaml").read_text()
+    assert yaml.safe_load(committed) == profile.render("quick", "builtin")
+    out = tmp_path / "params.yaml"
+    assert profile.main(["quick", "--source", "builtin", "--out", str(out)]) == 0
+    assert out.read_text() == committed
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_profile_renders_and_validates(name, source):
+    raw = profile.render(name, source)
+    params = parse(raw)
+    assert params.profile == name
+    own = yaml.safe_load((ROOT / "profiles" / f"{name}.yaml").read_text()).get("data", {}).get("source")
+    assert params.data.source == (source or own or quick()["data"]["source"])
+    assert params.run_name == f"{params.data.source}-{name}"
+
+
+@pytest.mark.parametrize("name", ("ci", "paper"))
+def test_overlays_only_override_keys_of_the_quick_profile(name):
+    """An overlay's typo would otherwise add an unused key; it must name existing keys only."""
+    overlay = yaml.safe_load((ROOT / "profiles" / f"{name}.yaml").read_text())
+    base = quick()
+
+    def walk(o, b, prefix):
+        for k, v in o.items():
+            assert k in b, f"{prefix}{k} is not a key of profiles/quick.yaml"
+            if isinstance(v, dict):
+                walk(v, b[k], f"{prefix}{k}.")
+    walk(overlay, base, "")
+    merged = profile.render(name)
+    for k, v in overlay.items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                assert merged[k][kk] == vv
+
+
+def test_profiles_keep_the_paper_hyper_parameters():
+    """SPEC: the paper profile uses 30 adaptation epochs, score lr 1 and value lr 1e-4 on CIFAR-100."""
+    paper = parse(profile.render("paper"))
+    assert (paper.adapt.epochs, paper.adapt.score_lr, paper.adapt.value_lr) == (30, 1.0, 1e-4)
+    assert paper.data.source == "cifar100"
+    assert parse(profile.render("ci")).data.source == "cifar100"
+
+
+def test_render_with_source_does_not_change_the_profile_files():
+    before = (ROOT / "profiles" / "quick.yaml").read_text()
+    profile.render("quick", "cifar100")
+    assert (ROOT / "profiles" / "quick.yaml").read_text() == before
+    assert profile.render("quick")["data"]["source"] == yaml.safe_load(before)["data"]["source"]
+
+
+def test_profile_command_writes_the_rendered_params(tmp_path, capsys):
+    out = tmp_path / "params.yaml"
+    assert profile.main(["ci", "--source", "builtin", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# Written by `python -m pipeline.profile ci --source builtin`")
+    assert yaml.safe_load(text) == profile.render("ci", "builtin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no temporary file left
+
+
+def test_profile_command_writes_nothing_for_an_unknown_profile(tmp_path, capsys):
+    out = tmp_path / "params.yaml"
+    assert profile.main(["turbo", "--out", str(out)]) == 2
+    assert list(tmp_path.iterdir()) == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "turbo" in err and "quick" in err
+
+
+def test_profile_command_keeps_the_old_file_for_an_unknown_profile(tmp_path):
+    out = tmp_path / "params.yaml"
+    out.write_text("old\n")
+    assert profile.main(["nope", "--out", str(out)]) == 2
+    assert out.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
+
+
+def test_profile_command_refuses_an_unknown_source(tmp_path):
+    out = tmp_path / "params.yaml"
+    with pytest.raises(SystemExit) as exc:
+        profile.main(["quick", "--source", "imagenet", "--out", str(out)])
+    assert exc.value.code == 2
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- malformed params
+def _set(dotted, value):
+    def mutate(raw):
+        *parents, last = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return mutate
+
+
+def _delete(dotted):
+    def mutate(raw):
+        *parents, last = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node[p]
+        del node[last]
+    return mutate
+
+
+OTHER_PHOTOS = [p for p in BUILTIN_PHOTOS if p != "flower"]
+
+MALFORMED = [
+    ("adapt.sparsities", _set("adapt.sparsities", [0.0])),
+    ("adapt.sparsities", _set("adapt.sparsities", [0.01, 1.5])),
+    ("adapt.sparsities", _set("adapt.sparsities", ["x"])),
+    ("adapt.sparsities", _set("adapt.sparsities", [0.01, 0.01])),
+    ("adapt.sparsities", _set("adapt.sparsities", [])),
+    ("model.snr_db", _set("model.snr_db", math.inf)),
+    ("model.snr_db", _set("model.snr_db", math.nan)),
+    ("evaluate.snr_db", _set("evaluate.snr_db", -math.inf)),
+    ("evaluate.snr_db", _set("evaluate.snr_db", math.nan)),
+    ("pretrain.epochs", _set("pretrain.epochs", 0)),
+    ("pretrain.epochs", _set("pretrain.epochs", 2.5)),
+    ("pretrain.epochs", _set("pretrain.epochs", "ten")),
+    ("adapt.epochs", _set("adapt.epochs", 0)),
+    ("tuning.retune_epochs", _set("tuning.retune_epochs", -1)),
+    ("domains.names", _set("domains.names", ["VA", "VX"])),
+    ("domains.names", _set("domains.names", ["VA", "VP", "VA"])),
+    ("domains.names", _set("domains.names", ["VA"])),
+    ("data.seed", _delete("data.seed")),
+    ("evaluate", _delete("evaluate")),
+    ("data.colour", _set("data.colour", "red")),
+    ("colour_scheme", _set("colour_scheme", {"background": "black"})),
+    ("domains.rotation_degrees", _set("domains.rotation_degrees", [40.0, 20.0])),
+    ("domains.rotation_degrees", _set("domains.rotation_degrees", [20.0])),
+    ("domains.hue_shift", _set("domains.hue_shift", [0.15, 0.9])),
+    ("domains.contrast_factor", _set("domains.contrast_factor", [0.0, 0.5])),
+    ("domains.contrast_factor", _set("domains.contrast_factor", [0.5, 0.3])),
+    ("domains.perspective_distortion", _set("domains.perspective_distortion", 0.0)),
+    ("domains.preview_count", _set("domains.preview_count", 0)),
+    ("data.seed", _set("data.seed", -1)),
+    ("domains.seed", _set("domains.seed", -3)),
+    ("adapt.seed", _set("adapt.seed", 2**31)),
+    ("train.batch_size", _set("train.batch_size", 0)),
+    ("train.device", _set("train.device", "tpu")),
+    ("train.threads", _set("train.threads", -1)),
+    ("data.source", _set("data.source", "imagenet")),
+    ("adapt.allocation", _set("adapt.allocation", "random")),
+    ("model.width", _set("model.width", 0)),
+    ("model.bandwidth_ratio", _set("model.bandwidth_ratio", 0.0)),
+    ("model.bandwidth_ratio", _set("model.bandwidth_ratio", 1.5)),
+    ("data.builtin_test_photos", _set("data.builtin_test_photos", ["flower", "lena"])),
+    ("data.builtin_test_photos", _set("data.builtin_test_photos", list(BUILTIN_PHOTOS))),
+    ("data.builtin_test_photos", _set("data.builtin_test_photos", [])),
+    ("data.builtin_scales", _set("data.builtin_scales", [0.0])),
+    ("data.builtin_scales", _set("data.builtin_scales", [1.0, 2.0])),
+    ("data.builtin_scales", _set("data.builtin_scales", [])),
+    ("pretrain.lr", _set("pretrain.lr", 0.0)),
+    ("adapt.score_lr", _set("adapt.score_lr", -1.0)),
+    ("adapt.value_lr", _set("adapt.value_lr", math.inf)),
+    ("tuning.lr", _set("tuning.lr", "fast")),
+    ("data.n_pretrain", _set("data.n_pretrain", 0)),
+    ("data.n_base_test", _set("data.n_base_test", -10)),
+    ("domains.n_train", _set("domains.n_train", 0)),
+    ("equalizer.blocks", _set("equalizer.blocks", 0)),
+    ("evaluate.reconstructions", _set("evaluate.reconstructions", 99)),
+    ("profile", _set("profile", "turbo")),
+    ("model", _set("model", [16, 0.17, 10.0])),
+    ("data.cifar100_local", _set("data.cifar100_local", None)),
+]
+
+
+@pytest.mark.parametrize("key,mutate", MALFORMED, ids=[f"{i:02d}-{k}" for i, (k, _) in enumerate(MALFORMED)])
+def test_malformed_params_fail_with_one_line_naming_the_key(key, mutate):
+    raw = quick()
+    mutate(raw)
+    with pytest.raises(ConfigError) as exc:
+        parse(raw)
+    msg = str(exc.value)
+    assert "\n" not in msg and "\r" not in msg
+    assert msg.startswith("params: ")
+    assert re.search(rf"\b{re.escape(key)}\b", msg), msg
+    assert len(msg) < 400, msg
+
+
+def test_malformed_params_message_names_the_value_and_the_rule():
+    raw = quick()
+    raw["pretrain"]["epochs"] = 0
+    msg = str(pytest.raises(ConfigError, parse, raw).value)
+    assert "pretrain.epochs = 0" in msg and "greater than or equal to 1" in msg
+    raw = quick()
+    raw["adapt"]["allocation"] = "random"
+    msg = str(pytest.raises(ConfigError, parse, raw).value)
+    assert "'random'" in msg and "linear" in msg and "uniform" in msg and "product" in msg
+
+
+@pytest.mark.parametrize("top", [[1, 2], "quick", None, 3.5])
+def test_top_level_not_a_mapping(top):
+    with pytest.raises(ConfigError) as exc:
+        parse(top)
+    msg = str(exc.value)
+    assert "\n" not in msg and "mapping" in msg and "top level" in msg
+
+
+@pytest.mark.parametrize("key", ["pretrain.epochs", "model.snr_db"])
+def test_booleans_are_not_numbers(key):
+    raw = quick()
+    _set(key, True)(raw)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        parse(raw)
+
+
+def test_cross_key_error_names_the_key_in_one_short_line():
+    raw = quick()
+    if "ablate" not in raw:
+        pytest.skip("no cross-key rule in this schema")
+    raw["domains"]["names"] = ["VA", "VP"]
+    raw["ablate"]["domains"] = ["VH"]
+    with pytest.raises(ConfigError) as exc:
+        parse(raw)
+    msg = str(exc.value)
+    assert "\n" not in msg and "ablate.domains" in msg
+    assert "<root>" not in msg and len(msg) < 400, msg[:200]
+
+
+def test_parse_does_not_modify_its_input():
+    raw = quick()
+    before = copy.deepcopy(raw)
+    parse(raw)
+    assert raw == before
+
+
+def test_load_reports_a_missing_file_and_bad_yaml_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="not found") as exc:
+        config.load(tmp_path / "params.yaml")
+    assert "\n" not in str(exc.value)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\nmodel: {\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as exc:
+        config.load(bad)
+    assert "\n" not in str(exc.value)
+
+
+def test_load_reads_the_committed_params():
+    params = config.load()
+    assert params.model_dump(mode="json")["data"]["builtin_test_photos"] == list(
+        yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["builtin_test_photos"])
+
+
+def test_flat_params_uses_dotted_keys_for_every_leaf():
+    flat = config.flat_params(parse(quick()))
+    assert flat["adapt.score_lr"] == 1.0 and flat["data.source"] == "builtin"
+    assert all(not isinstance(v, dict) for v in flat.values())
+    assert len(flat) == sum(len(v) if isinstance(v, dict) else 1 for v in quick().values())
+
+
+# ----------------------------------------------------------------------------------------- dvc.yaml
+def substitute(text: str, params: config.Params) -> str:
+    out = text.replace("${data.source}", params.data.source).replace("${profile}", params.profile)
+    assert "${" not in out, f"unresolved interpolation in {text!r}"
+    return out
+
+
+def entries(items) -> list[str]:
+    """Paths of a dvc.yaml outs/deps/metrics/plots list (plain strings or one-key mappings)."""
+    return [next(iter(i)) if isinstance(i, dict) else i for i in items or []]
+
+
+def rel(path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+@pytest.mark.parametrize("name,source", [(p, s) for p in PROFILES for s in ("builtin", "cifar100")])
+def test_dvc_paths_agree_with_params_paths(name, source):
+    params = parse(profile.render(name, source))
+    st = dvc_stages()
+
+    def outs(stage, kind="outs"):
+        return [substitute(p, params) for p in entries(st[stage].get(kind))]
+
+    def deps(stage):  # matrix stages may hold ${item.*} too: only the run-name variables matter here
+        return [p.replace("${data.source}", source).replace("${profile}", name) for p in entries(st[stage].get("deps"))]
+
+    stamp = rel(params.build_dir / "params.ok")
+    assert outs("validate") == [stamp]
+    data = rel(domains_stage.data_dir(params))
+    preview = rel(params.report_dir / "figures" / "domains_preview.png")
+    assert sorted(outs("domains")) == sorted([data, preview])
+    assert outs("pretrain") == [rel(pretrain_stage.model_path(params))]
+    assert outs("pretrain", "metrics") == [rel(params.report_dir / "metrics" / "pretrain.json")]
+    assert outs("pretrain", "plots") == [rel(params.report_dir / "plots" / "pretrain_curve.csv")]
+    for stage in st:
+        if stage != "validate":
+            assert stamp in deps(stage), f"{stage} does not depend on the validate stamp"
+    assert data in deps("pretrain")
+    assert params.build_dir.relative_to(ROOT).parts[0] == "build"
+    assert params.report_dir.relative_to(ROOT).parts[0] == "reports"
+
+
+def test_dvc_params_keys_exist_in_params_yaml():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    listed = [k for stage in dvc_stages().values() for k in (stage.get("params") or [])]
+    assert listed
+    for key in listed:
+        assert isinstance(key, str), f"params file sections are not used here: {key!r}"
+        lookup(raw, key)
+
+
+def test_validate_stage_lists_every_params_block():
+    """validate guards every stage; it must re-run (and fail) when any block changes."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(dvc_stages()["validate"]["params"]) == set(raw)
+
+
+# Stages whose own module is missing from their deps (found by this test; dvc.yaml is not ours to fix).
+@pytest.mark.parametrize("stage", [
+    s for s in dvc_stages()])
+def test_stage_command_module_is_a_dependency(stage):
+    st = dvc_stages()[stage]
+    m = re.fullmatch(r"python -m (pipeline\.stages\.\w+)(\s.*)?", st["cmd"].strip())
+    assert m, st["cmd"]
+    module_file = m.group(1).replace(".", "/") + ".py"
+    assert (ROOT / module_file).is_file()
+    deps = entries(st["deps"])
+    assert module_file in deps
+    module = m.group(1).rsplit(".", 1)[1]
+    assert stage == module or stage.startswith(module + "_")
+
+
+@pytest.mark.parametrize("stage,module", [("domains", "pipeline/data.py"), ("pretrain", "pipeline/model.py"),
+                                          ("pretrain", "pipeline/train.py"), ("validate", "pipeline/config.py")])
+def test_stage_lists_the_code_that_computes_its_outputs(stage, module):
+    assert module in entries(dvc_stages()[stage]["deps"])
+
+
+def test_pretrain_depends_on_the_metric_definitions():
+    assert "pipeline/metrics.py" in entries(dvc_stages()["pretrain"]["deps"])
+
+
+def test_dvc_analytics_are_off():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / ".dvc" / "config")
+    assert cfg.get("core", "analytics").strip().lower() == "false"
+
+
+def test_tracking_store_is_kept_out_of_dvc_and_git():
+    dvcignore = (ROOT / ".dvcignore").read_text().split()
+    gitignore = (ROOT / ".gitignore").read_text().split()
+    for name in ("mlflow.db", "mlartifacts/", ".checkpoints/"):
+        assert name in dvcignore
+    assert "/mlflow.db" in gitignore and "/.checkpoints/" in gitignore and "/build/" in gitignore

@@ -1,0 +1,456 @@
+"""Data sources (builtin photos, CIFAR-100 in both layouts) and the four local-domain transforms."""
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import struct
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import data
+from pipeline.config import BUILTIN_PHOTOS
+from pipeline.data import DataError
+
+from .conftest import make_params
+
+DOMAINS = ("VA", "VP", "VC", "VH")
+SHARED_CIFAR = Path("/work/shared/data/cifar100")
+
+
+@pytest.fixture
+def params(tiny_params):
+    return make_params(tiny_params)
+
+
+def smooth_images(n: int, seed: int = 0) -> np.ndarray:
+    """Random colour blocks (8x8 upsampled to 32x32): structure that every transform visibly changes."""
+    small = np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    return np.repeat(np.repeat(small, 4, axis=1), 4, axis=2)
+
+
+# --------------------------------------------------------------------------------------------- domains
+@pytest.mark.parametrize("name", DOMAINS)
+def test_domain_output_shape_dtype_and_change(name, params):
+    base = smooth_images(16)
+    kept = base.copy()
+    out = data.apply_domain(name, base, params.domains, seed=0)
+    assert out.shape == (16, 32, 32, 3) and out.dtype == np.uint8
+    assert out.min() >= 0 and out.max() <= 255
+    assert np.array_equal(base, kept), "the input images were modified in place"
+    diff = np.abs(out.astype(np.int16) - base.astype(np.int16)).mean(axis=(1, 2, 3))
+    assert diff.mean() > 10.0, diff
+    assert (diff > 1.0).all(), diff
+
+
+@pytest.mark.parametrize("name", DOMAINS)
+def test_domain_is_deterministic_for_a_seed(name, params):
+    base = smooth_images(8)
+    a = data.apply_domain(name, base, params.domains, seed=3)
+    b = data.apply_domain(name, base, params.domains, seed=3)
+    c = data.apply_domain(name, base, params.domains, seed=4)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("name", DOMAINS)
+def test_domain_draws_its_parameters_per_image(name, params):
+    base = np.repeat(smooth_images(1), 8, axis=0)
+    out = data.apply_domain(name, base, params.domains, seed=0)
+    assert len({img.tobytes() for img in out}) >= 4
+
+
+def test_domains_differ_from_each_other(params):
+    base = smooth_images(8)
+    outs = {n: data.apply_domain(n, base, params.domains, seed=0) for n in DOMAINS}
+    for a in DOMAINS:
+        for b in DOMAINS:
+            if a < b:
+                assert not np.array_equal(outs[a], outs[b])
+
+
+def test_unknown_domain_is_refused(params):
+    with pytest.raises(ValueError):
+        data.apply_domain("VX", smooth_images(2), params.domains, seed=0)
+
+
+def _white(n):
+    return np.full((n, 32, 32, 3), 255, np.uint8)
+
+
+def test_va_rotates_by_an_angle_within_the_configured_range(params):
+    """Rotating a white image blackens the corners; the black area grows with |angle| up to 45 degrees."""
+    from torchvision.transforms.v2 import functional as TF
+    lo, hi = params.domains.rotation_degrees
+    one = torch.from_numpy(_white(1)[0].transpose(2, 0, 1).copy())
+
+    def black(angle):
+        return float((TF.rotate(one, angle, interpolation=TF.InterpolationMode.BILINEAR) == 0).all(0).float().mean())
+    out = data.apply_domain("VA", _white(32), params.domains, seed=0)
+    frac = (out == 0).all(-1).mean(axis=(1, 2))
+    assert (out[:, 0, 0] == 0).all() and (out[:, 16, 16] == 255).all()
+    assert ((frac >= black(lo - 0.5)) & (frac <= black(hi + 0.5))).all(), frac
+    # both directions occur (random sign): mirror-image corners differ in which side is cut first
+    left = (out[:, 0, 8] == 0).all(-1)
+    assert 0 < left.sum() < len(out)
+
+
+def test_vp_warps_the_border_and_keeps_the_centre(params):
+    out = data.apply_domain("VP", _white(32), params.domains, seed=0)
+    assert (out[:, 10:22, 10:22] == 255).all()
+    d = int(params.domains.perspective_distortion * 16)
+    assert (out[:, d + 1:31 - d - 1, d + 1:31 - d - 1] == 255).all()
+    assert ((out == 0).all(-1).any(axis=(1, 2))).mean() > 0.9
+
+
+def test_vc_scales_contrast_by_a_factor_in_range(params):
+    lo, hi = params.domains.contrast_factor
+    base = smooth_images(32, seed=1)
+    out = data.apply_domain("VC", base, params.domains, seed=0)
+    ratio = out.reshape(32, -1).std(1) / base.reshape(32, -1).std(1)
+    assert ((ratio > lo - 0.03) & (ratio < hi + 0.03)).all(), ratio
+
+
+def test_vh_shifts_hue_by_an_amount_in_range_both_ways(params):
+    from skimage.color import rgb2hsv
+    lo, hi = params.domains.hue_shift
+    base = np.zeros((32, 32, 32, 3), np.uint8)
+    base[..., 0] = 255  # pure red: hue 0, full saturation
+    out = data.apply_domain("VH", base, params.domains, seed=0)
+    hue = rgb2hsv(out[:, 16, 16][:, None, :])[:, 0, 0]
+    shift = (hue + 0.5) % 1.0 - 0.5
+    assert ((np.abs(shift) > lo - 0.01) & (np.abs(shift) < hi + 0.01)).all(), shift
+    assert (shift > 0).any() and (shift < 0).any()
+
+
+# ---------------------------------------------------------------------------------------- builtin
+def _constant_photo(name: str) -> np.ndarray:
+    """A synthetic photo whose every pixel says which photo it is."""
+    return np.full((160, 200, 3), 20 * (BUILTIN_PHOTOS.index(name) + 1), np.uint8)
+
+
+def _noise_photo(name: str) -> np.ndarray:
+    rng = np.random.default_rng(BUILTIN_PHOTOS.index(name))
+    return rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+
+
+def test_builtin_test_thumbnails_come_only_from_test_photos(monkeypatch, tiny_params):
+    monkeypatch.setattr(data, "_photo", _constant_photo)
+    tiny_params["data"]["builtin_scales"] = [1.0, 0.5]
+    params = make_params(tiny_params)
+    train, test = data.builtin_pools(params, 200, 100)
+    assert train.shape == (200, 32, 32, 3) and test.shape == (100, 32, 32, 3)
+    assert train.dtype == np.uint8 and test.dtype == np.uint8
+    test_ids = {20 * (BUILTIN_PHOTOS.index(n) + 1) for n in params.data.builtin_test_photos}
+    train_ids = {20 * (i + 1) for i in range(len(BUILTIN_PHOTOS))} - test_ids
+    seen_train = set(np.unique(train).tolist())
+    seen_test = set(np.unique(test).tolist())
+    assert seen_train <= train_ids and seen_test <= test_ids
+    assert seen_test == test_ids  # every test photo is used
+    assert len(seen_train) >= len(train_ids) - 1
+
+
+def test_builtin_pools_are_deterministic_for_a_seed(monkeypatch, tiny_params):
+    monkeypatch.setattr(data, "_photo", _noise_photo)
+    tiny_params["data"]["builtin_scales"] = [1.0]
+    a = data.builtin_pools(make_params(tiny_params), 40, 20)
+    b = data.builtin_pools(make_params(tiny_params), 40, 20)
+    tiny_params["data"]["seed"] = 1
+    c = data.builtin_pools(make_params(tiny_params), 40, 20)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[1], c[1])
+
+
+def test_builtin_refuses_scales_that_leave_no_thumbnail(monkeypatch, tiny_params):
+    monkeypatch.setattr(data, "_photo", lambda name: np.zeros((40, 40, 3), np.uint8))
+    tiny_params["data"]["builtin_scales"] = [0.5]
+    with pytest.raises(DataError, match="builtin_scales"):
+        data.builtin_pools(make_params(tiny_params), 4, 4)
+
+
+@pytest.mark.parametrize("name", BUILTIN_PHOTOS)
+def test_every_builtin_photo_loads_offline(name):
+    img = np.asarray(data._photo(name))
+    assert img.ndim == 3 and img.shape[2] >= 3 and min(img.shape[:2]) >= 128
+    assert img.dtype == np.uint8
+
+
+# ------------------------------------------------------------------------------------------ splits
+def test_build_splits_returns_every_split_with_the_configured_size(tiny_splits, params):
+    names = data.split_names(params)
+    assert list(tiny_splits) == names
+    assert names[:2] == ["base_train", "base_test"] and len(names) == 2 + 2 * len(params.domains.names)
+    sizes = {"base_train": params.data.n_pretrain, "base_test": params.data.n_base_test}
+    for d in params.domains.names:
+        sizes[f"{d}_train"], sizes[f"{d}_test"] = params.domains.n_train, params.domains.n_test
+    for name, arr in tiny_splits.items():
+        assert arr.shape == (sizes[name], 32, 32, 3) and arr.dtype == np.uint8, name
+    train = {img.tobytes() for img in tiny_splits["base_train"]}
+    assert not any(img.tobytes() in train for img in tiny_splits["base_test"])
+
+
+def test_build_splits_uses_disjoint_base_images(monkeypatch, tiny_params):
+    """Each split comes from its own base images: tag every pool image with its index, skip transforms."""
+    def pools(params, n_train, n_test):
+        def tagged(n, offset):
+            out = np.zeros((n, 32, 32, 3), np.uint8)
+            ids = np.arange(n) + offset
+            out[:, 0, 0, 0], out[:, 0, 0, 1] = ids % 256, ids // 256
+            return out
+        return tagged(n_train, 0), tagged(n_test, 10_000)
+    monkeypatch.setattr(data, "builtin_pools", pools)
+    monkeypatch.setattr(data, "apply_domain", lambda name, images, cfg, seed: images.copy())
+    params = make_params(tiny_params)
+    splits = data.build_splits(params)
+
+    def ids(arr):
+        return (arr[:, 0, 0, 0].astype(int) + 256 * arr[:, 0, 0, 1].astype(int)).tolist()
+    seen = []
+    for name, arr in splits.items():
+        got = ids(arr)
+        assert len(set(got)) == len(got), f"{name} repeats a base image"
+        if name.endswith("train"):
+            assert max(got) < 10_000, f"{name} uses test images"
+        else:
+            assert min(got) >= 10_000, f"{name} uses training images"
+        seen += got
+    assert len(seen) == len(set(seen)), "two splits share a base image"
+
+
+def test_build_splits_is_deterministic(monkeypatch, tiny_params):
+    monkeypatch.setattr(data, "_photo", _noise_photo)
+    tiny_params["data"].update(builtin_scales=[1.0], n_pretrain=8, n_base_test=4)
+    tiny_params["domains"].update(n_train=4, n_test=2)
+    a = data.build_splits(make_params(tiny_params))
+    b = data.build_splits(make_params(tiny_params))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    tiny_params["domains"]["seed"] = 5
+    c = data.build_splits(make_params(tiny_params))
+    assert np.array_equal(a["base_train"], c["base_train"])  # the domain seed only changes the transforms
+    assert not np.array_equal(a["VA_train"], c["VA_train"])
+
+
+# ------------------------------------------------------------------------------------------ CIFAR-100
+def cifar_params(tiny_params, local, root="never-used"):
+    tiny_params["data"].update(source="cifar100", cifar100_local=str(local), cifar100_root=str(root))
+    return make_params(tiny_params)
+
+
+def write_numpy_layout(folder: Path, n_train=20, n_test=10, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"train_images": rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+              "test_images": rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+              "train_labels": rng.integers(0, 100, n_train), "test_labels": rng.integers(0, 100, n_test)}
+    for k, v in arrays.items():
+        np.save(folder / f"{k}.npy", v)
+    return arrays
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes bytes the way Python 2's cPickle wrote ``str`` (BINSTRING), as in the original CIFAR files."""
+
+    def save_py2_str(self, obj):
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + obj)
+        self.memoize(obj)
+
+    dispatch = {**pickle._Pickler.dispatch, bytes: save_py2_str}
+
+
+def dump_py2(obj, path: Path) -> None:
+    import io
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    raw = buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert b"_codecs" not in raw and b"numpy.core.multiarray" in raw
+    path.write_bytes(raw)
+
+
+def write_python_layout(folder: Path, n_train=12, n_test=6, style="py3", seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        flat = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 100, n).tolist()
+        if style == "py2":  # the original files: protocol 2 from Python 2, str (bytes) keys
+            entry = {b"filenames": [b"img_%d.png" % i for i in range(n)], b"batch_label": b"training batch 1 of 1",
+                     b"fine_labels": labels, b"coarse_labels": [x // 5 for x in labels], b"data": flat}
+            dump_py2(entry, folder / split)
+        else:
+            with open(folder / split, "wb") as f:
+                pickle.dump({"data": flat, "fine_labels": labels}, f)
+        out[split] = flat
+    return out
+
+
+def assert_hwc(images: np.ndarray, flat: np.ndarray):
+    assert images.shape == (len(flat), 32, 32, 3) and images.dtype == np.uint8
+    i, r, c, ch = np.indices(images.shape)
+    assert np.array_equal(images, flat[i, ch * 1024 + r * 32 + c])
+    assert images[0, 0, 1, 2] == flat[0, 2 * 1024 + 1]  # one pixel spelled out: red/green/blue planes
+
+
+def test_cifar_numpy_layout(tmp_path, tiny_params):
+    arrays = write_numpy_layout(tmp_path / "copy")
+    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"))
+    assert np.array_equal(train, arrays["train_images"]) and np.array_equal(test, arrays["test_images"])
+
+
+@pytest.mark.parametrize("style", ["py3", "py2"])
+@pytest.mark.parametrize("nested", [True, False])
+def test_cifar_python_layout_is_read_hwc_pixel_exact(tmp_path, tiny_params, style, nested):
+    folder = tmp_path / "copy" / "cifar-100-python" if nested else tmp_path / "copy"
+    flat = write_python_layout(folder, style=style)
+    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"))
+    assert_hwc(train, flat["train"])
+    assert_hwc(test, flat["test"])
+
+
+def test_cifar_local_copy_relative_to_the_project_root(tmp_path, monkeypatch, tiny_params):
+    monkeypatch.setattr(data, "ROOT", tmp_path)
+    arrays = write_numpy_layout(tmp_path / "shared" / "c100")
+    train, _ = data.cifar100_pools(cifar_params(tiny_params, "shared/c100"))
+    assert np.array_equal(train, arrays["train_images"])
+
+
+def test_cifar_local_copy_wins_over_an_earlier_download(tmp_path, tiny_params):
+    local = write_numpy_layout(tmp_path / "local", seed=1)
+    write_python_layout(tmp_path / "root" / "cifar-100-python", seed=2)
+    train, _ = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "local", tmp_path / "root"))
+    assert np.array_equal(train, local["train_images"])
+
+
+class _Evil:
+    def __init__(self, payload):
+        self.payload = payload
+
+    def __reduce__(self):
+        return self.payload
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.exec"])
+def test_malicious_cifar_pickle_is_refused_and_does_not_run(tmp_path, tiny_params, kind):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "copy" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    payload = ((os.system, (f"echo pwned > {marker}",)) if kind == "os.system"
+               else (exec, (f"open({str(marker)!r}, 'w').write('pwned')",)))
+    for split in ("train", "test"):
+        with open(folder / split, "wb") as f:
+            pickle.dump({"data": _Evil(payload), "fine_labels": [0]}, f)
+    with pytest.raises(DataError, match="refusing to unpickle"):
+        data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"not a pickle at all", pickle.dumps({"data": np.zeros((2, 1024), np.uint8)}),
+                                     pickle.dumps({"data": np.zeros((2, 3072), np.float32)}),
+                                     pickle.dumps({"pixels": np.zeros((2, 3072), np.uint8)}), pickle.dumps([1, 2])])
+def test_unusable_cifar_python_files_are_refused(tmp_path, content):
+    (tmp_path / "train").write_bytes(content)
+    with pytest.raises(DataError) as exc:
+        data._read_cifar_python(tmp_path / "train")
+    assert str(tmp_path / "train") in str(exc.value)
+
+
+def test_offline_without_a_copy_fails_fast_naming_both_remedies(tmp_path, monkeypatch, tiny_params):
+    import torchvision.datasets.utils as tv_utils
+    calls = []
+
+    def unreachable(url, download_root, *args, **kwargs):
+        calls.append((url, download_root, socket.getdefaulttimeout()))
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", unreachable)
+    before = socket.getdefaulttimeout()
+    params = cifar_params(tiny_params, tmp_path / "no-copy", tmp_path / "download")
+    with pytest.raises(DataError) as exc:
+        data.cifar100_pools(params)
+    msg = str(exc.value)
+    assert "network" in msg and "cifar100_local" in msg and "\n" not in msg
+    assert len(calls) == 1 and Path(calls[0][1]) == tmp_path / "download"
+    assert calls[0][2] is not None and calls[0][2] <= 30, "no socket timeout while downloading: offline would hang"
+    assert socket.getdefaulttimeout() == before
+    with pytest.raises(DataError, match="cifar100_local"):
+        data.build_splits(params)
+
+
+def test_download_branch_reads_what_was_downloaded(tmp_path, monkeypatch, tiny_params):
+    import torchvision.datasets.utils as tv_utils
+    flat = {}
+
+    def fake_download(url, download_root, *args, **kwargs):
+        flat.update(write_python_layout(Path(download_root) / "cifar-100-python", style="py2"))
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "no-copy", tmp_path / "download"))
+    assert_hwc(train, flat["train"])
+    assert_hwc(test, flat["test"])
+
+
+def test_cifar_pool_too_small_for_the_params_is_refused(tmp_path, tiny_params):
+    write_numpy_layout(tmp_path / "copy", n_train=10, n_test=10)
+    with pytest.raises(DataError, match="train pool has 10 images"):
+        data.build_splits(cifar_params(tiny_params, tmp_path / "copy"))
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="no shared CIFAR-100 copy on this machine")
+def test_shared_cifar_copy():
+    found = data._find_cifar(SHARED_CIFAR)
+    assert found is not None
+    train, test = found
+    assert train.shape == (25000, 32, 32, 3) and test.shape == (10000, 32, 32, 3)
+    assert train.dtype == np.uint8 and test.dtype == np.uint8
+
+
+# ---------------------------------------------------------------------------------------- npy files
+@pytest.mark.parametrize("bad", ["float32", "28x28", "object", "chw", "empty", "gray", "text"])
+def test_load_images_refuses_wrong_shape_or_dtype(tmp_path, bad):
+    path = tmp_path / "x.npy"
+    if bad == "float32":
+        np.save(path, np.zeros((4, 32, 32, 3), np.float32))
+    elif bad == "28x28":
+        np.save(path, np.zeros((4, 28, 28, 3), np.uint8))
+    elif bad == "object":
+        np.save(path, np.array([np.zeros((32, 32, 3), np.uint8), "x"], dtype=object), allow_pickle=True)
+    elif bad == "chw":
+        np.save(path, np.zeros((4, 3, 32, 32), np.uint8))
+    elif bad == "empty":
+        np.save(path, np.zeros((0, 32, 32, 3), np.uint8))
+    elif bad == "gray":
+        np.save(path, np.zeros((4, 32, 32), np.uint8))
+    else:
+        path.write_text("base_train\n")
+    with pytest.raises(DataError) as exc:
+        data.load_images(path)
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_load_images_missing_file(tmp_path):
+    with pytest.raises(DataError):
+        data.load_images(tmp_path / "missing.npy")
+
+
+def test_load_images_roundtrip(tmp_path):
+    imgs = smooth_images(3)
+    np.save(tmp_path / "ok.npy", imgs)
+    assert np.array_equal(data.load_images(tmp_path / "ok.npy"), imgs)
+
+
+def test_to_tensor_is_nchw_uint8():
+    imgs = smooth_images(2)
+    t = data.to_tensor(imgs)
+    assert t.dtype == torch.uint8 and tuple(t.shape) == (2, 3, 32, 32)
+    assert torch.equal(t.permute(0, 2, 3, 1), torch.from_numpy(imgs))
+
+
+def test_grid_tiles_rows_with_gutters():
+    rows = [smooth_images(3, seed=s) for s in range(2)]
+    g = data.grid(rows)
+    assert g.shape == (2 * 32 + 2, 3 * 32 + 4, 3)
+    assert np.array_equal(g[34:66, 68:100], rows[1][2])
+    assert (g[32:34] == 255).all()
