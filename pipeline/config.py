@@ -27,6 +27,14 @@ class ConfigError(ValueError):
 class _Block(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, v):
+        # No param is a boolean; YAML's yes/true must not pass as 1 epoch or 1 dB.
+        if isinstance(v, bool) or (isinstance(v, (list, tuple)) and any(isinstance(x, bool) for x in v)):
+            raise ValueError("a boolean is not allowed here")
+        return v
+
 
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
@@ -135,6 +143,21 @@ class Evaluate(_Block):
     reconstructions: Annotated[int, Field(ge=1, le=16)]
 
 
+class Ablate(_Block):
+    studies: tuple[Literal["allocation", "mask", "sparsity", "snr"], ...] = Field(min_length=1)
+    domains: tuple[Literal["VA", "VP", "VC", "VH"], ...] = Field(min_length=1)
+    sparsity: Annotated[float, Field(gt=0, le=1)] = Field(description="sparsity of the allocation and mask studies")
+    sparsities: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(min_length=3)
+    snr_db: tuple[Annotated[float, Field(ge=-30, le=60)], ...] = Field(min_length=1)
+
+    @field_validator("studies", "domains", "sparsities", "snr_db")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("entries must be unique")
+        return v
+
+
 class Params(_Block):
     profile: Literal["quick", "paper", "ci"]
     data: Data
@@ -146,6 +169,14 @@ class Params(_Block):
     tuning: Tuning
     equalizer: Equalizer
     evaluate: Evaluate
+    ablate: Ablate
+
+    @model_validator(mode="after")
+    def _ablate_domains(self):
+        extra = sorted(set(self.ablate.domains) - set(self.domains.names))
+        if extra:
+            raise ValueError(f"ablate.domains {extra} must be among domains.names {list(self.domains.names)}")
+        return self
 
     @model_validator(mode="after")
     def _finite(self):
@@ -194,6 +225,8 @@ def _one_line(err: ValidationError, raw: dict) -> str:
         value = value.get(part, "<missing>") if isinstance(value, dict) else (
             value[part] if isinstance(value, (list, tuple)) and isinstance(part, int) and part < len(value) else "<missing>")
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if not first["loc"]:  # a rule across several keys: its message names them
+        return f"params: {first['msg'].removeprefix('Value error, ')}{more}"
     return f"params: {key} = {value!r}: {first['msg']}{more}"
 
 

@@ -71,6 +71,15 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def data_fingerprint(*tensors: torch.Tensor) -> str:
+    """Hash of the training data itself: a checkpoint never resumes onto other data."""
+    h = hashlib.sha256()
+    for x in tensors:
+        h.update(str((tuple(x.shape), str(x.dtype))).encode())
+        h.update(x.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -29,6 +29,7 @@ from ..train import evaluate_psnr, load_model
 # Every cell's metrics JSON has exactly these keys, whatever the method (evaluation treats all alike).
 CELL_KEYS = ("method", "domain", "sparsity", "domain_psnr", "memory_bytes", "memory_cost_pct", "details")
 
+BASE_AGENT = "base"  # the unadapted agent (pretrained model); every method's pair() accepts it
 Decode = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 

@@ -13,8 +13,9 @@ from torch import nn
 
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
 from ..model import awgn
-from ..train import CHECKPOINTS, fingerprint, fit
-from . import Context, Variant
+from ..sam import base_fingerprint
+from ..train import CHECKPOINTS, data_fingerprint, fingerprint, fit
+from . import BASE_AGENT, Context, Variant
 from .tuning import copy_bytes, tuned_models
 
 NAME = "equalizer"
@@ -53,7 +54,8 @@ def train_equalizer(ctx: Context, tx, rx, images, tag: str) -> tuple[Equalizer, 
     tx.requires_grad_(False)
     rx.requires_grad_(False)
     opt = torch.optim.Adam(eq.parameters(), lr=p.equalizer.lr)
-    key = fingerprint(NAME, tag, p.model_dump(include={"adapt", "tuning", "equalizer", "train", "model"}))
+    key = fingerprint(NAME, tag, base_fingerprint(tx), base_fingerprint(rx), data_fingerprint(images),
+                      p.model_dump(include={"equalizer", "train", "model", "domains"}))
     curve = fit(eq, opt, images, lambda x, g: rx.decoder(eq(awgn(tx.transmit(x), rx.snr_db, g))),
                 epochs=p.equalizer.epochs, batch_size=p.train.batch_size, seed=p.adapt.seed, device=ctx.device,
                 checkpoint=CHECKPOINTS / p.run_name / NAME / f"{tag}.pt", key=key, desc=f"equalizer {tag}")
@@ -95,9 +97,10 @@ def load_equalizers(ctx: Context, receiver: str, channels: int) -> dict[str, Equ
 
 def variants(ctx: Context, sparsity: None) -> list[Variant]:
     tuned = tuned_models(ctx)
-    channels = next(iter(tuned.values())).channels
+    channels = tuned[BASE_AGENT].channels
     eqs = {d: load_equalizers(ctx, d, channels) for d in ctx.params.domains.names}
     nbytes = copy_bytes(ctx.pretrained())
+    # Equalizers exist only between adapted agents: links with the base agent, or to oneself, are raw.
     return [Variant(NAME, None, lambda d: ctx.self_link(tuned[d]),
-                    lambda a, b: ctx.link(tuned[a], tuned[b], eqs[b][a]),
+                    lambda a, b: ctx.link(tuned[a], tuned[b], eqs.get(b, {}).get(a)),
                     lambda d: nbytes + sum(tensor_bytes(e.state_dict().values()) for e in eqs[d].values()))]

@@ -6,10 +6,10 @@ import time
 import torch
 
 from ..model import awgn
-from ..sam import (attach_sam, base_fingerprint, install_sam, load_sam, memory_cost, sam_layers, sam_parameters,
+from ..sam import (SAMState, attach_sam, base_fingerprint, install_sam, load_sam, memory_cost, sam_layers, sam_parameters,
                    sam_state, save_sam, set_sam_enabled)
-from ..train import CHECKPOINTS, fingerprint, fit
-from . import Context, Variant, cell_name
+from ..train import CHECKPOINTS, data_fingerprint, fingerprint, fit
+from . import BASE_AGENT, Context, Variant, cell_name
 
 NAME = "sam"
 USES_SPARSITY = True
@@ -19,44 +19,92 @@ def sam_path(ctx: Context, domain: str, sparsity: float):
     return ctx.cell_dir(NAME) / f"{cell_name(domain, sparsity)}.safetensors"
 
 
-def adapt(ctx: Context, domain: str, sparsity: float, tracker) -> dict:
+MASKS = ("score", "random", "fisher")
+
+
+def _fix_mask(ctx: Context, model, images, mask: str, seed: int) -> None:
+    """Ablation masks, chosen once and frozen: random scores, or a one-shot squared-gradient
+    (Fisher-like, as in FISH-mask) score from a few batches of the domain's data."""
+    layers = sam_layers(model)
+    if mask == "random":
+        g = torch.Generator().manual_seed(seed)
+        for m in layers.values():
+            m.scores.data = torch.rand(m.scores.shape, generator=g).to(m.scores.device)
+    elif mask == "fisher":
+        for m in layers.values():
+            m.base.weight.requires_grad_(True)
+        fisher = {n: torch.zeros_like(m.base.weight) for n, m in layers.items()}
+        gen = torch.Generator(device=ctx.device).manual_seed(seed)
+        set_sam_enabled(model, False)
+        for i in range(0, min(len(images), 8 * ctx.params.train.batch_size), ctx.params.train.batch_size):
+            x = images[i:i + ctx.params.train.batch_size].to(ctx.device).float() / 255
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(model(x, gen), x).backward()
+            for n, m in layers.items():
+                fisher[n] += m.base.weight.grad.pow(2)
+        set_sam_enabled(model, True)
+        for n, m in layers.items():
+            m.base.weight.requires_grad_(False)
+            m.base.weight.grad = None
+            m.scores.data = fisher[n]
+    for m in layers.values():
+        m.scores.requires_grad_(False)
+
+
+def train_sam(ctx: Context, domain: str, sparsity: float, *, allocation: str, mask: str = "score",
+              tracker=None, tag: str | None = None) -> dict:
+    """Adapt a fresh copy of the pretrained model to ``domain`` with a SAM; returns the model and
+    what was measured. ``mask``: score-based (the paper's), or a fixed random / Fisher mask."""
     p = ctx.params
     model = ctx.pretrained()
     base_fp = base_fingerprint(model)
-    attach_sam(model, sparsity, p.adapt.allocation)
-    scores, values = sam_parameters(model)
-    opt = torch.optim.Adam([{"params": scores, "lr": p.adapt.score_lr},
-                            {"params": values, "lr": p.adapt.value_lr}])
-    initial = {n: m.mask().clone() for n, m in sam_layers(model).items()}
+    attach_sam(model, sparsity, allocation)
     train_x, test_x = ctx.split(f"{domain}_train"), ctx.split(f"{domain}_test")
+    if mask != "score":
+        _fix_mask(ctx, model, train_x, mask, p.adapt.seed)
+    scores, values = sam_parameters(model)
+    groups = [{"params": values, "lr": p.adapt.value_lr}]
+    if mask == "score":  # scores and values in separate groups with their own learning rates
+        groups.insert(0, {"params": scores, "lr": p.adapt.score_lr})
+    opt = torch.optim.Adam(groups)
+    initial = {n: m.mask().clone() for n, m in sam_layers(model).items()}
 
     def on_epoch(epoch, loss):
         model.eval()
         row = {"domain_psnr": ctx.psnr(ctx.self_link(model), test_x), "mask_moved": _moved(model, initial)}
-        tracker.log_metrics({"train_loss": loss, **row}, step=epoch)
+        if tracker is not None:
+            tracker.log_metrics({"train_loss": loss, **row}, step=epoch)
         return row
 
-    key = fingerprint(NAME, domain, sparsity, base_fp, p.model_dump(include={"adapt", "train", "model"}))
+    tag = tag or cell_name(domain, sparsity)
+    key = fingerprint(NAME, tag, allocation, mask, base_fp, data_fingerprint(train_x, test_x),
+                      p.model_dump(include={"adapt", "train", "model", "evaluate"}))
     start = time.perf_counter()
     history = fit(model, opt, train_x, lambda x, g: model(x, g), epochs=p.adapt.epochs,
                   batch_size=p.train.batch_size, seed=p.adapt.seed, device=ctx.device,
-                  checkpoint=CHECKPOINTS / p.run_name / NAME / f"{cell_name(domain, sparsity)}.pt", key=key,
-                  desc=f"sam {cell_name(domain, sparsity)}", on_epoch=on_epoch)
-    seconds = time.perf_counter() - start
-    moved = _moved(model, initial)
+                  checkpoint=CHECKPOINTS / p.run_name / NAME / f"{tag}.pt", key=key,
+                  desc=f"sam {tag}", on_epoch=on_epoch)
+    return {"model": model, "base_fingerprint": base_fp, "history": history, "mask_moved": _moved(model, initial),
+            "seconds": time.perf_counter() - start}
+
+
+def adapt(ctx: Context, domain: str, sparsity: float, tracker) -> dict:
+    p = ctx.params
+    trained = train_sam(ctx, domain, sparsity, allocation=p.adapt.allocation, tracker=tracker)
     path = sam_path(ctx, domain, sparsity)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_sam(path, sam_state(model), sparsity=sparsity, allocation=p.adapt.allocation, base_fingerprint=base_fp,
-             extra_meta={"domain": domain})
+    save_sam(path, sam_state(trained["model"]), sparsity=sparsity, allocation=p.adapt.allocation,
+             base_fingerprint=trained["base_fingerprint"], extra_meta={"domain": domain})
     # Evaluate what was stored: reload the file onto a fresh base (fp16 values, exactly as served).
     served = install_sam(ctx.pretrained(), load_sam(path, ctx.pretrained()))
     cost = memory_cost(path, served)
     kept = {n: int(m.k) for n, m in sam_layers(served).items()}
     return {"method": NAME, "domain": domain, "sparsity": sparsity,
-            "domain_psnr": ctx.psnr(ctx.self_link(served), test_x),
+            "domain_psnr": ctx.psnr(ctx.self_link(served), ctx.split(f"{domain}_test")),
             "memory_bytes": int(cost["bytes"]), "memory_cost_pct": cost["pct"],
-            "details": {"kept_per_layer": kept, "kept_total": sum(kept.values()), "mask_moved_fraction": moved,
-                        "train_seconds": seconds, "curve": history}}
+            "details": {"kept_per_layer": kept, "kept_total": sum(kept.values()),
+                        "mask_moved_fraction": trained["mask_moved"], "train_seconds": trained["seconds"],
+                        "curve": trained["history"]}}
 
 
 def _moved(model, initial) -> float:
@@ -69,11 +117,20 @@ def _moved(model, initial) -> float:
     return changed / max(kept, 1)
 
 
+def empty_state(model) -> SAMState:
+    """A SAM that keeps nothing: the base agent's."""
+    layers = sam_layers(model)
+    return SAMState({n: torch.zeros(0, dtype=torch.long) for n in layers},
+                    {n: torch.zeros(0, dtype=torch.float16) for n in layers},
+                    {n: tuple(m.base.weight.shape) for n, m in layers.items()})
+
+
 def variants(ctx: Context, sparsity: float) -> list[Variant]:
     """One base model, loaded once; each agent's SAM is hot-swapped in, and switched off to talk."""
     model = ctx.pretrained()
     states = {d: load_sam(sam_path(ctx, d, sparsity), model) for d in ctx.params.domains.names}
     install_sam(model, next(iter(states.values())))
+    states[BASE_AGENT] = empty_state(model)  # the unadapted agent holds no SAM
 
     def local(d):
         install_sam(model, states[d])

@@ -12,8 +12,9 @@ import time
 import torch
 
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
-from ..train import CHECKPOINTS, fingerprint, fit, load_model, save_model
-from . import Context, Variant
+from ..sam import base_fingerprint
+from ..train import CHECKPOINTS, data_fingerprint, fingerprint, fit, load_model, save_model
+from . import BASE_AGENT, Context, Variant
 
 NAME = "tuning"
 USES_SPARSITY = False
@@ -32,7 +33,8 @@ def finetune(ctx: Context, model, images, epochs: int, tag: str, key_parts) -> l
     """Adam on every weight, MSE through the channel; checkpointed like every training loop."""
     p = ctx.params
     opt = torch.optim.Adam(model.parameters(), lr=p.tuning.lr)
-    key = fingerprint(NAME, tag, key_parts, p.model_dump(include={"adapt", "tuning", "train", "model"}))
+    key = fingerprint(NAME, tag, key_parts, base_fingerprint(model), data_fingerprint(images),
+                      p.model_dump(include={"adapt", "tuning", "train", "model", "domains"}))
     return fit(model, opt, images, lambda x, g: model(x, g), epochs=epochs, batch_size=p.train.batch_size,
                seed=p.adapt.seed, device=ctx.device, checkpoint=CHECKPOINTS / p.run_name / NAME / f"{tag}.pt",
                key=key, desc=f"tuning {tag}")
@@ -68,8 +70,10 @@ def adapt(ctx: Context, domain: str, sparsity: None, tracker) -> dict:
 
 
 def tuned_models(ctx: Context, retuned: bool = False) -> dict:
-    return {d: load_model(ctx.params, tuned_path(ctx, d, retuned)).to(ctx.device).eval()
-            for d in ctx.params.domains.names}
+    """Every domain's tuned (or re-tuned) agent, plus the unadapted ``BASE_AGENT``."""
+    models = {d: load_model(ctx.params, tuned_path(ctx, d, retuned)).to(ctx.device).eval()
+              for d in ctx.params.domains.names}
+    return {BASE_AGENT: ctx.pretrained(), **models}
 
 
 def variants(ctx: Context, sparsity: None) -> list[Variant]:

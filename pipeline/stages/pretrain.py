@@ -8,7 +8,8 @@ import torch
 
 from ..config import Params
 from ..data import load_images, to_tensor
-from ..train import build_model, evaluate_psnr, fingerprint, fit, save_model, setup_runtime, CHECKPOINTS
+from ..train import (CHECKPOINTS, build_model, data_fingerprint, evaluate_psnr, fingerprint, fit, save_model,
+                     setup_runtime)
 from ..tracking import Tracker
 from . import provenance, run, write_json
 from .domains import data_dir
@@ -45,7 +46,8 @@ def main(params: Params) -> None:
             tracker.log_metrics({"train_loss": loss, **row}, step=epoch)
             return row
 
-        key = fingerprint("pretrain", params.model_dump(include={"data", "model", "train", "pretrain"}))
+        key = fingerprint("pretrain", data_fingerprint(train_x, test_x),
+                          params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
         start = time.perf_counter()
         history = fit(model, opt, train_x, lambda x, gen: model(x, gen), epochs=params.pretrain.epochs,
                       batch_size=params.train.batch_size, seed=params.pretrain.seed, device=device,
