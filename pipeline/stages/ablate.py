@@ -1,0 +1,200 @@
+"""Stages ``network`` and ``ablate``: beyond the paper.
+
+``network``: one agent per domain plus the base agent; the K x K Tx -> Rx PSNR matrix on base test
+images for every method (SAMs hot-swapped in one process, the base model loaded once).
+
+``ablate --study S`` (a DVC matrix over ``ablate.studies``), on the domains in ``ablate.domains``:
+- ``allocation``: budget spread linear (d_in + d_out) vs uniform vs product (d_in * d_out);
+- ``mask``: score-based (straight-through) vs a random fixed mask vs a one-shot Fisher mask;
+- ``sparsity``: the sparsity range widened (``ablate.sparsities``);
+- ``snr``: every method evaluated at each SNR of ``ablate.snr_db`` (no retraining).
+Each writes a CSV + Markdown table, a figure and a finding stated with numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import pandas as pd
+
+from ..config import ConfigError, Params
+from ..methods import BASE_AGENT, Context
+from ..methods.sam import train_sam
+from ..metrics import misalignment, ordered_pairs
+from ..sam import install_sam, sam_state
+from ..tracking import Tracker
+from ..train import setup_runtime
+from . import provenance, run, save_figure
+from .evaluate import all_variants
+
+STUDIES = ("allocation", "mask", "sparsity", "snr")
+
+
+def out_dir(params: Params):
+    return params.report_dir / "ablations"
+
+
+def write_table(df: pd.DataFrame, name: str, params: Params, run_id: str | None, finding: str) -> None:
+    folder = out_dir(params)
+    folder.mkdir(parents=True, exist_ok=True)
+    df.to_csv(folder / f"{name}.csv", index=False)
+    prov = provenance(params, run_id)
+    head = ", ".join(f"{k}: {v}" for k, v in prov.items())
+    (folder / f"{name}.md").write_text(f"<!-- {head} -->\n# {name}\n\n**Finding.** {finding}\n\n"
+                                       f"{df.to_markdown(index=False, floatfmt='.3f')}\n")
+
+
+def _plot(df: pd.DataFrame, x: str, y: str, hue: str, title: str, logx: bool = False):
+    import matplotlib
+    matplotlib.use("Agg")
+    import seaborn as sns
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    sns.lineplot(df, x=x, y=y, hue=hue, marker="o", ax=ax)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# -------------------------------------------------------------------------------------- network view
+def network(ctx: Context) -> pd.DataFrame:
+    agents = [BASE_AGENT, *ctx.params.domains.names]
+    base_test = ctx.split("base_test")
+    rows = []
+    for v in all_variants(ctx):
+        for a in agents:
+            for b in agents:
+                rows.append({"method": v.method, "sparsity": v.sparsity, "tx": a, "rx": b,
+                             "pair_psnr": ctx.psnr(v.pair(a, b), base_test)})
+    return pd.DataFrame(rows)
+
+
+def network_main(params: Params) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    rt = setup_runtime(params)
+    ctx = Context(params, rt.pop("device_obj"))
+    with Tracker(params, "network") as tracker:
+        df = network(ctx)
+        ref = df[(df.method == "pretrained")].pair_psnr.iloc[0]
+        df["loss_vs_pretrained"] = ref - df.pair_psnr
+        sam = df[df.method == "sam"]
+        summary = df.groupby(["method", "sparsity"], dropna=False).loss_vs_pretrained.agg(
+            mean_loss="mean", max_abs_loss=lambda s: s.abs().max()).reset_index()
+        finding = (f"Under ZFDA (sam, every sparsity) all {len(sam)} Tx->Rx links among the base agent and "
+                   f"{len(params.domains.names)} adapted agents keep the pretrained PSNR {ref:.2f} dB exactly "
+                   f"(max |difference| {sam.loss_vs_pretrained.abs().max():.3g} dB); without alignment the "
+                   f"adapted agents lose {summary.set_index('method').loc['no_alignment', 'mean_loss']:.2f} dB "
+                   "on average.")
+        write_table(summary, "network", params, tracker.run_id, finding)
+        df.to_csv(out_dir(params) / "network_pairs.csv", index=False)
+        labels = [f"{m}" + ("" if pd.isna(s) else f" γ={s:g}") for m, s in
+                  df[["method", "sparsity"]].drop_duplicates().itertuples(index=False)]
+        fig, axes = plt.subplots(1, len(labels), figsize=(2.6 * len(labels), 2.8), squeeze=False)
+        for ax, (key, grp), label in zip(axes[0], df.groupby(["method", "sparsity"], dropna=False, sort=False), labels):
+            mat = grp.pivot(index="tx", columns="rx", values="pair_psnr").loc[grp.tx.unique(), grp.tx.unique()]
+            sns.heatmap(mat, annot=True, fmt=".1f", cbar=False, ax=ax, vmin=df.pair_psnr.min(), vmax=ref + 0.5,
+                        annot_kws={"fontsize": 6}, cmap="viridis")
+            ax.set_title(label, fontsize=8)
+        fig.suptitle("Network view: Tx -> Rx PSNR (dB) on base test images", fontsize=10)
+        save_figure(fig, params.report_dir / "figures" / "network.png")
+        tracker.log_artifact(params.report_dir / "figures" / "network.png", "figures")
+        print(f"network: {finding}")
+
+
+# ------------------------------------------------------------------------------------------ studies
+def _train_eval(ctx: Context, domain: str, sparsity: float, allocation: str, mask: str) -> dict:
+    trained = train_sam(ctx, domain, sparsity, allocation=allocation, mask=mask,
+                        tag=f"ablate-{domain}-{sparsity:g}-{allocation}-{mask}")
+    model = install_sam(trained["model"], sam_state(trained["model"]))  # the fp16 values a file would hold
+    return {"domain": domain, "sparsity": sparsity, "allocation": allocation, "mask": mask,
+            "domain_psnr": ctx.psnr(ctx.self_link(model), ctx.split(f"{domain}_test")),
+            "mask_moved": trained["mask_moved"]}
+
+
+def study(ctx: Context, name: str) -> tuple[pd.DataFrame, str, object]:
+    a, p = ctx.params.ablate, ctx.params.adapt
+    pre = ctx.pretrained()
+    pretrained = {d: ctx.psnr(ctx.self_link(pre), ctx.split(f"{d}_test")) for d in a.domains}
+    if name == "allocation":
+        df = pd.DataFrame([_train_eval(ctx, d, a.sparsity, alloc, "score") for d in a.domains
+                           for alloc in ("linear", "uniform", "product")])
+        key = "allocation"
+    elif name == "mask":
+        df = pd.DataFrame([_train_eval(ctx, d, a.sparsity, p.allocation, m) for d in a.domains
+                           for m in ("score", "random", "fisher")])
+        key = "mask"
+    elif name == "sparsity":
+        df = pd.DataFrame([_train_eval(ctx, d, s, p.allocation, "score") for d in a.domains for s in a.sparsities])
+        key = "sparsity"
+    else:
+        return _snr(ctx)
+    df["gain_over_pretrained"] = df.domain_psnr - df.domain.map(pretrained)
+    means = df.groupby(key).domain_psnr.mean()
+    if name == "sparsity":
+        finding = ("Mean domain PSNR over " + ", ".join(a.domains) + " by sparsity: "
+                   + "; ".join(f"γ={s:g}: {v:.2f} dB" for s, v in means.items())
+                   + f" (pretrained {statistics.fmean(pretrained.values()):.2f} dB).")
+        fig = _plot(df, "sparsity", "domain_psnr", "domain", "Domain PSNR vs sparsity (widened range)", logx=True)
+    else:
+        best = means.idxmax()
+        finding = (f"At γ={a.sparsity:g} on {', '.join(a.domains)}, mean domain PSNR by {key}: "
+                   + "; ".join(f"{k}: {v:.2f} dB" for k, v in means.items())
+                   + f"; best: {best} (+{means.max() - means.drop(best).max():.2f} dB over the runner-up).")
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import seaborn as sns
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        sns.barplot(df, x=key, y="gain_over_pretrained", hue="domain", ax=ax)
+        ax.set_ylabel("domain PSNR gain over pretrained (dB)")
+        ax.set_title(f"Ablation: {key} (γ={a.sparsity:g})", fontsize=10)
+    return df, finding, fig
+
+
+def _snr(ctx: Context) -> tuple[pd.DataFrame, str, object]:
+    rows = []
+    for snr in ctx.params.ablate.snr_db:
+        c = Context(ctx.params, ctx.device, snr_db=snr)
+        pre = c.pretrained()
+        ref = c.psnr(c.link(pre, pre), c.split("base_test"))
+        for v in all_variants(c):
+            local = statistics.fmean(c.psnr(v.local(d), c.split(f"{d}_test")) for d in c.params.domains.names)
+            mis = statistics.fmean(misalignment(ref, c.psnr(v.pair(a, b), c.split("base_test")))
+                                   for a, b in ordered_pairs(list(c.params.domains.names)))
+            rows.append({"snr_db": snr, "method": v.method if v.sparsity is None else f"{v.method} γ={v.sparsity:g}",
+                         "domain_psnr": local, "misalignment": mis})
+    df = pd.DataFrame(rows)
+    sam = df[df.method.str.startswith("sam")]
+    finding = (f"sam's misalignment stays {sam.misalignment.abs().max():.3g} dB at every SNR in "
+               f"{list(ctx.params.ablate.snr_db)}; no_alignment loses "
+               + ", ".join(f"{r.misalignment:.2f} dB at {r.snr_db:g} dB" for r in
+                           df[df.method == "no_alignment"].itertuples()) + ".")
+    fig = _plot(df, "snr_db", "domain_psnr", "method", "Mean domain PSNR vs evaluation SNR")
+    return df, finding, fig
+
+
+def ablate_main(params: Params, argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--study", required=True)
+    args = ap.parse_args(argv)
+    if args.study not in params.ablate.studies:
+        raise ConfigError(f"ablate: --study {args.study!r} not in ablate.studies {list(params.ablate.studies)}")
+    rt = setup_runtime(params)
+    ctx = Context(params, rt.pop("device_obj"))
+    with Tracker(params, "ablate", args.study) as tracker:
+        df, finding, fig = study(ctx, args.study)
+        write_table(df, args.study, params, tracker.run_id, finding)
+        path = params.report_dir / "figures" / f"ablation_{args.study}.png"
+        save_figure(fig, path)
+        tracker.log_artifact(path, "figures")
+        tracker.set_tags({"finding": finding[:5000]})
+    print(f"ablate {args.study}: {finding}")
+
+
+if __name__ == "__main__":
+    run(ablate_main)
