@@ -257,6 +257,7 @@ def attach_sam(model: nn.Module, sparsity: float, allocation: str = "linear") ->
     budget = allocate_budget(dims, sparsity, allocation)
     for n, m in layers.items():
         _replace(model, n, SAMLayer(m, budget[n]))
+    _remember_layers(model)
     return model
 
 
@@ -266,9 +267,23 @@ def sam_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parame
     return [m.scores for m in train], [m.values for m in train]
 
 
+def _remember_layers(model: nn.Module) -> None:
+    """Keep the SAM layers of ``model`` as a plain tuple, so switching costs no module-tree walk."""
+    model.__dict__["_sam_switch"] = tuple(sam_layers(model).values())
+
+
 def set_sam_enabled(model: nn.Module, flag: bool) -> None:
-    for m in sam_layers(model).values():
-        m.enabled = bool(flag)
+    """Switch every SAM layer on or off: about a microsecond, W0 untouched.
+
+    Uses the layers wrapped by the last ``attach_sam``/``install_sam`` on this model (a layer swapped
+    in by hand afterwards is found by a fresh walk only if nothing was remembered)."""
+    layers = model.__dict__.get("_sam_switch")
+    if layers is None:
+        _remember_layers(model)
+        layers = model.__dict__["_sam_switch"]
+    flag = bool(flag)
+    for m in layers:
+        m.__dict__["enabled"] = flag  # a plain attribute: skip nn.Module.__setattr__
 
 
 def sam_state(model: nn.Module, values_dtype: torch.dtype | None = torch.float16) -> SAMState:
@@ -320,6 +335,7 @@ def install_sam(model: nn.Module, state: SAMState) -> nn.Module:
             m = SAMLayer(m)
             _replace(model, n, m)
         m.install(state.indices[n], state.values[n])
+    _remember_layers(model)
     return model
 
 
