@@ -31,8 +31,10 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as _st_load, save as _st_save
+from safetensors.torch import load as _st_load
 from torch import Tensor, nn
+
+from .storage import safetensors_bytes, write_atomic
 
 ALLOCATIONS = ("linear", "uniform", "product")
 FORMAT = "sam/2"
@@ -473,15 +475,7 @@ def save_sam(path: str | os.PathLike, state: SAMState, *, sparsity: float, alloc
         raise ValueError(f"extra_meta may not use reserved keys {sorted(set(extra) & set(_RESERVED))}")
     meta.update(extra)
     meta["sha256"] = _payload_digest(meta, tensors)
-    data = _st_save(tensors, metadata=meta)
-    tmp = f"{os.fspath(path)}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data), f.flush(), os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, safetensors_bytes(tensors, meta))
 
 
 def load_sam(path: str | os.PathLike, model: nn.Module) -> SAMState:

@@ -114,7 +114,9 @@ class Tracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._mlflow is not None and self.run_id is not None:
-            self._call(self._mlflow.end_run, "FAILED" if exc_type else "FINISHED")
+            status = "FAILED" if exc_type else "FINISHED"
+            self._call(self._mlflow.end_run, status)
+            self._finish_parent(status)
 
     def log_params(self, values: dict) -> None:
         self._call(lambda: self._mlflow.log_params(values))
@@ -123,17 +125,29 @@ class Tracker:
         clean = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
         self._call(lambda: self._mlflow.log_metrics(clean, step=step))
 
+    def log_history(self, history: list[dict], prefix: str = "") -> None:
+        """Per-epoch curves, after training: a resumed run logs the epochs from before the kill too."""
+        for row in history:
+            self.log_metrics({prefix + k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._call(lambda: self._mlflow.log_artifact(str(path), folder))
 
     def set_tags(self, tags: dict) -> None:
         self._call(lambda: self._mlflow.set_tags(tags))
 
-    def finish_parent(self) -> None:
-        """Mark this execution's parent run finished (the last stage calls it)."""
+    def _finish_parent(self, status: str) -> None:
+        """Every stage closes the parent run as it ends, so the parent's end time and status are
+        those of the execution's last stage so far (a later stage of the same execution reopens
+        nothing: it only moves the end time on)."""
         def _end():
             client = self._mlflow.tracking.MlflowClient()
             parent = client.get_run(self.run_id).data.tags.get("mlflow.parentRunId")
             if parent:
-                client.set_terminated(parent, "FINISHED")
+                client.set_terminated(parent, status)
         self._call(_end)
+
+    def finish_parent(self) -> None:
+        """Kept for callers that close the execution explicitly (the report stage)."""
+        if self.run_id is not None:
+            self._finish_parent("FINISHED")

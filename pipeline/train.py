@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from .config import ROOT, Params
 from .metrics import mean_psnr, psnr_per_image
 from .model import SCModel
+from .storage import save_safetensors
 
 CHECKPOINTS = ROOT / ".checkpoints"  # outside every DVC output, so a killed stage can resume
 
@@ -165,10 +166,7 @@ def build_model(params: Params) -> SCModel:
 
 def save_model(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
     """safetensors, written atomically (an existing good file is never replaced by a partial one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    save_safetensors(path, model.state_dict(), meta)
 
 
 def load_model(params: Params, path: Path) -> SCModel:

@@ -110,7 +110,7 @@ def project(tmp_path, monkeypatch, tiny_params, mlflow_template) -> Project:
     root.mkdir()
     shutil.copytree(REPO / "profiles", root / "profiles")
     patched = []
-    for module in _pipeline_modules():
+    for module in list(_pipeline_modules()):  # import them all before patching any
         for name, value in list(vars(module).items()):
             if isinstance(value, Path) and (value == REPO or REPO in value.parents):
                 monkeypatch.setattr(module, name, root / value.relative_to(REPO))

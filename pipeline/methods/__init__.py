@@ -24,7 +24,7 @@ import torch
 from ..config import Params
 from ..data import load_images, to_tensor
 from ..model import SCModel, link
-from ..train import evaluate_psnr, load_model
+from ..train import CHECKPOINTS, evaluate_psnr, load_model
 
 # Every cell's metrics JSON has exactly these keys, whatever the method (evaluation treats all alike).
 CELL_KEYS = ("method", "domain", "sparsity", "domain_psnr", "memory_bytes", "memory_cost_pct", "details")
@@ -55,6 +55,7 @@ class Context:
     params: Params
     device: torch.device
     snr_db: float | None = None  # evaluation SNR; None: params.evaluate.snr_db
+    checkpoints: Path | None = None  # this cell's checkpoint folder (removed when the cell completes)
 
     def __post_init__(self):
         if self.snr_db is None:
@@ -67,6 +68,10 @@ class Context:
         """A fresh copy of the pretrained model on the device (callers may adapt it)."""
         from ..stages.pretrain import model_path
         return load_model(self.params, model_path(self.params)).to(self.device).eval()
+
+    def checkpoint(self, tag: str) -> Path:
+        folder = self.checkpoints or CHECKPOINTS / self.params.run_name / "adhoc"
+        return folder / f"{tag}.pt"
 
     def self_link(self, model: SCModel) -> Decode:
         """An agent's own Tx -> channel (evaluation SNR) -> Rx."""

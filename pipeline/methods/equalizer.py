@@ -4,17 +4,17 @@ expects (B's decoder and A's encoder frozen). Memory: the adapted copy plus the 
 """
 from __future__ import annotations
 
-import os
 import time
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
 from ..model import awgn
 from ..sam import base_fingerprint
-from ..train import CHECKPOINTS, data_fingerprint, fingerprint, fit
+from ..storage import save_safetensors
+from ..train import data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant
 from .tuning import copy_bytes, tuned_models
 
@@ -58,7 +58,7 @@ def train_equalizer(ctx: Context, tx, rx, images, tag: str) -> tuple[Equalizer, 
                       p.model_dump(include={"equalizer", "train", "model", "domains"}))
     curve = fit(eq, opt, images, lambda x, g: rx.decoder(eq(awgn(tx.transmit(x), rx.snr_db, g))),
                 epochs=p.equalizer.epochs, batch_size=p.train.batch_size, seed=p.adapt.seed, device=ctx.device,
-                checkpoint=CHECKPOINTS / p.run_name / NAME / f"{tag}.pt", key=key, desc=f"equalizer {tag}")
+                checkpoint=ctx.checkpoint(tag), key=key, desc=f"equalizer {tag}")
     return eq.eval(), curve
 
 
@@ -69,13 +69,9 @@ def adapt(ctx: Context, domain: str, sparsity: None, tracker) -> dict:
     tensors, curves = {}, {}
     for partner in (d for d in ctx.params.domains.names if d != domain):
         eq, curves[partner] = train_equalizer(ctx, tuned[partner], tuned[domain], images, f"{partner}-to-{domain}")
-        for row in curves[partner]:
-            tracker.log_metrics({f"loss_from_{partner}": row["train_loss"]}, step=row["epoch"])
+        tracker.log_history(curves[partner], prefix=f"from_{partner}_")
         tensors.update({f"{partner}.{k}": v.detach().cpu().contiguous() for k, v in eq.state_dict().items()})
-    path = eq_path(ctx, domain)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path.with_name(path.name + ".tmp")), metadata={"receiver": domain})
-    os.replace(path.with_name(path.name + ".tmp"), path)
+    save_safetensors(eq_path(ctx, domain), tensors, {"receiver": domain})
     base = ctx.pretrained()
     nbytes = copy_bytes(base) + tensor_bytes(tensors.values())
     return {"method": NAME, "domain": domain, "sparsity": None,

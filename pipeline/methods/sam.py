@@ -8,7 +8,7 @@ import torch
 from ..model import awgn
 from ..sam import (SAMState, attach_sam, base_fingerprint, install_sam, load_sam, memory_cost, sam_layers, sam_parameters,
                    sam_state, save_sam, set_sam_enabled)
-from ..train import CHECKPOINTS, data_fingerprint, fingerprint, fit
+from ..train import data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant, cell_name
 
 NAME = "sam"
@@ -71,10 +71,7 @@ def train_sam(ctx: Context, domain: str, sparsity: float, *, allocation: str, ma
 
     def on_epoch(epoch, loss):
         model.eval()
-        row = {"domain_psnr": ctx.psnr(ctx.self_link(model), test_x), "mask_moved": _moved(model, initial)}
-        if tracker is not None:
-            tracker.log_metrics({"train_loss": loss, **row}, step=epoch)
-        return row
+        return {"domain_psnr": ctx.psnr(ctx.self_link(model), test_x), "mask_moved": _moved(model, initial)}
 
     tag = tag or cell_name(domain, sparsity)
     key = fingerprint(NAME, tag, allocation, mask, base_fp, data_fingerprint(train_x, test_x),
@@ -82,8 +79,9 @@ def train_sam(ctx: Context, domain: str, sparsity: float, *, allocation: str, ma
     start = time.perf_counter()
     history = fit(model, opt, train_x, lambda x, g: model(x, g), epochs=p.adapt.epochs,
                   batch_size=p.train.batch_size, seed=p.adapt.seed, device=ctx.device,
-                  checkpoint=CHECKPOINTS / p.run_name / NAME / f"{tag}.pt", key=key,
-                  desc=f"sam {tag}", on_epoch=on_epoch)
+                  checkpoint=ctx.checkpoint(tag), key=key, desc=f"sam {tag}", on_epoch=on_epoch)
+    if tracker is not None:
+        tracker.log_history(history)
     return {"model": model, "base_fingerprint": base_fp, "history": history, "mask_moved": _moved(model, initial),
             "seconds": time.perf_counter() - start}
 

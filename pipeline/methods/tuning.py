@@ -13,7 +13,7 @@ import torch
 
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
 from ..sam import base_fingerprint
-from ..train import CHECKPOINTS, data_fingerprint, fingerprint, fit, load_model, save_model
+from ..train import data_fingerprint, fingerprint, fit, load_model, save_model
 from . import BASE_AGENT, Context, Variant
 
 NAME = "tuning"
@@ -36,7 +36,7 @@ def finetune(ctx: Context, model, images, epochs: int, tag: str, key_parts) -> l
     key = fingerprint(NAME, tag, key_parts, base_fingerprint(model), data_fingerprint(images),
                       p.model_dump(include={"adapt", "tuning", "train", "model", "domains"}))
     return fit(model, opt, images, lambda x, g: model(x, g), epochs=epochs, batch_size=p.train.batch_size,
-               seed=p.adapt.seed, device=ctx.device, checkpoint=CHECKPOINTS / p.run_name / NAME / f"{tag}.pt",
+               seed=p.adapt.seed, device=ctx.device, checkpoint=ctx.checkpoint(tag),
                key=key, desc=f"tuning {tag}")
 
 
@@ -57,10 +57,8 @@ def adapt(ctx: Context, domain: str, sparsity: None, tracker) -> dict:
     model.to(ctx.device).eval()
     after = ctx.psnr(ctx.self_link(model), test_x)
     seconds = time.perf_counter() - start
-    for row in curve:
-        tracker.log_metrics({"train_loss": row["train_loss"]}, step=row["epoch"])
-    for row in retune_curve:
-        tracker.log_metrics({"retune_loss": row["train_loss"]}, step=row["epoch"])
+    tracker.log_history(curve)
+    tracker.log_history(retune_curve, prefix="retune_")
     base = ctx.pretrained()
     nbytes = copy_bytes(base)
     return {"method": NAME, "domain": domain, "sparsity": None, "domain_psnr": local,

@@ -13,6 +13,7 @@ Each writes a CSV + Markdown table, a figure and a finding stated with numbers.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 
 import pandas as pd
@@ -23,7 +24,7 @@ from ..methods.sam import train_sam
 from ..metrics import misalignment, ordered_pairs
 from ..sam import install_sam, sam_state
 from ..tracking import Tracker
-from ..train import setup_runtime
+from ..train import CHECKPOINTS, setup_runtime
 from . import provenance, run, save_figure
 from .evaluate import all_variants
 
@@ -185,7 +186,7 @@ def ablate_main(params: Params, argv=None) -> None:
     if args.study not in params.ablate.studies:
         raise ConfigError(f"ablate: --study {args.study!r} not in ablate.studies {list(params.ablate.studies)}")
     rt = setup_runtime(params)
-    ctx = Context(params, rt.pop("device_obj"))
+    ctx = Context(params, rt.pop("device_obj"), checkpoints=CHECKPOINTS / params.run_name / "ablate" / args.study)
     with Tracker(params, "ablate", args.study) as tracker:
         df, finding, fig = study(ctx, args.study)
         write_table(df, args.study, params, tracker.run_id, finding)
@@ -193,6 +194,7 @@ def ablate_main(params: Params, argv=None) -> None:
         save_figure(fig, path)
         tracker.log_artifact(path, "figures")
         tracker.set_tags({"finding": finding[:5000]})
+    shutil.rmtree(ctx.checkpoints, ignore_errors=True)
     print(f"ablate {args.study}: {finding}")
 
 

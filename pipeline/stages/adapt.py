@@ -6,6 +6,7 @@ Writes the method's artefacts and ``build/<run>/adapt/<method>/<cell>.json`` (ke
 from __future__ import annotations
 
 import argparse
+import shutil
 
 import torch
 
@@ -13,7 +14,7 @@ from ..config import ConfigError, Params
 from ..methods import CELL_KEYS, Context, cell_name, registry
 from ..tracking import Tracker
 from ..train import CHECKPOINTS, setup_runtime
-from . import provenance, run, write_json
+from . import run, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,19 +48,18 @@ def main(params: Params, argv=None) -> None:
     args = parse_args(argv)
     module = check_cell(params, args.method, args.domain, args.sparsity)
     rt = setup_runtime(params)
-    ctx = Context(params, rt.pop("device_obj"))
-    torch.manual_seed(params.adapt.seed)
     cell = cell_name(args.domain, args.sparsity)
+    ctx = Context(params, rt.pop("device_obj"), checkpoints=CHECKPOINTS / params.run_name / args.method / cell)
+    torch.manual_seed(params.adapt.seed)
     with Tracker(params, f"adapt_{args.method}", cell) as tracker:
         tracker.set_tags({**rt, "method": args.method, "domain": args.domain, "sparsity": str(args.sparsity)})
         result = module.adapt(ctx, args.domain, args.sparsity, tracker)
         assert tuple(result) == CELL_KEYS, f"{args.method}.adapt returned keys {tuple(result)}, expected {CELL_KEYS}"
         tracker.log_metrics({k: v for k, v in result.items() if k in ("domain_psnr", "memory_bytes", "memory_cost_pct")})
         tracker.log_metrics({k: v for k, v in result["details"].items() if isinstance(v, (int, float))})
-        result["provenance"] = provenance(params, tracker.run_id)
+        # No run id or commit here: a cached intermediate must be byte-identical across equal runs.
         write_json(metrics_path(params, args.method, args.domain, args.sparsity), result)
-    for ckpt in (CHECKPOINTS / params.run_name / args.method).glob(f"{args.domain}*.pt"):
-        ckpt.unlink()  # the cell is complete: its checkpoints have served
+    shutil.rmtree(ctx.checkpoints, ignore_errors=True)  # the cell is complete: its checkpoints have served
     print(f"adapt {args.method} {cell}: domain PSNR {result['domain_psnr']:.2f} dB, "
           f"memory {result['memory_cost_pct']:.3f} %")
 

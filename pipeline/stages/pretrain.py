@@ -42,9 +42,7 @@ def main(params: Params) -> None:
 
         def on_epoch(epoch, loss):
             model.eval()
-            row = {"test_psnr": evaluate_psnr(self_link(model), test_x, **ev)}
-            tracker.log_metrics({"train_loss": loss, **row}, step=epoch)
-            return row
+            return {"test_psnr": evaluate_psnr(self_link(model), test_x, **ev)}
 
         key = fingerprint("pretrain", data_fingerprint(train_x, test_x),
                           params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
@@ -54,6 +52,7 @@ def main(params: Params) -> None:
                       checkpoint=CHECKPOINTS / params.run_name / "pretrain.pt", key=key, desc="pretrain",
                       on_epoch=on_epoch)
         seconds = time.perf_counter() - start
+        tracker.log_history(history)
         model.eval()
         metrics = {"psnr_base_test": evaluate_psnr(self_link(model), test_x, **ev)}
         for d, xs in domain_tests.items():
