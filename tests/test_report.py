@@ -1,0 +1,318 @@
+"""The report stage and the claims: a small tidy evaluation table with known numbers, built here."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import claims
+from pipeline.metrics import ordered_pairs
+from pipeline.stages import EXIT_BAD_INPUT, run, write_json, write_npy
+from pipeline.stages import report
+from pipeline.stages.adapt import metrics_path
+from pipeline.stages.evaluate import FIELDS, csv_path, recon_path
+
+DOMAINS = ["VA", "VP", "VC"]
+GAMMAS = [0.001, 0.01]
+REFERENCE = 30.0
+BASE_BYTES = 1_000_000
+TUNED_GAP = (0.5, 0.2, 0.1)  # tuning_copy's domain PSNR above sam's at 1 %, per domain (cycled)
+
+
+def domain_psnr(method: str, sparsity: float | None, i: int) -> float:
+    """Domain PSNR (dB) of the i-th domain; sam at 1 %: pretrained + 4 dB."""
+    return {"pretrained": 20.0 + i, "sam": 20.0 + i + 400 * (sparsity or 0), "tuning_retune": 19.0 + i,
+            "tuning_copy": 24.0 + i + TUNED_GAP[i % 3], "no_alignment": 24.0 + i + TUNED_GAP[i % 3],
+            "equalizer": 24.0}[method]
+
+
+PAIR = {"pretrained": 30.0, "sam": 30.0, "tuning_copy": 30.0, "tuning_retune": 29.0, "no_alignment": 20.0,
+        "equalizer": 28.0}
+
+
+def memory_bytes(method: str, sparsity: float | None) -> int:
+    return {"sam": round(600_000 * (sparsity or 0)), "tuning_copy": BASE_BYTES,
+            "equalizer": BASE_BYTES + 10_000}.get(method, 0)
+
+
+def tidy(domains=DOMAINS, gammas=GAMMAS) -> pd.DataFrame:
+    """The evaluate stage's table for the numbers above (misalignment = REFERENCE - pair PSNR)."""
+    rows = []
+    variants = [("pretrained", None), *[("sam", g) for g in gammas],
+                *[(m, None) for m in ("tuning_copy", "tuning_retune", "no_alignment", "equalizer")]]
+    for method, sparsity in variants:
+        def row(metric, value, unit, domain="", tx="", rx=""):
+            rows.append({"method": method, "sparsity": sparsity, "metric": metric, "domain": domain, "tx": tx,
+                         "rx": rx, "value": value, "unit": unit})
+
+        for i, d in enumerate(domains):
+            row("domain_psnr", domain_psnr(method, sparsity, i), "dB", d, d, d)
+        for a, b in ordered_pairs(list(domains)):
+            row("pair_psnr", PAIR[method], "dB", "base", a, b)
+            row("misalignment", REFERENCE - PAIR[method], "dB", "base", a, b)
+        for d in domains:
+            row("memory_bytes", memory_bytes(method, sparsity), "B", d)
+            row("memory_cost", 100 * memory_bytes(method, sparsity) / BASE_BYTES, "%", d)
+    return pd.DataFrame(rows, columns=FIELDS)
+
+
+def through_csv(df: pd.DataFrame, tmp_path) -> pd.DataFrame:
+    """Write and re-read like the stages do (empty sparsity/domain cells, typed columns)."""
+    path = tmp_path / "evaluation.csv"
+    df.to_csv(path, index=False)
+    return report.read_tidy(path)
+
+
+def entry(entries, cid):
+    return next(e for e in entries if e["id"] == cid)
+
+
+@pytest.fixture
+def df(tmp_path):
+    return through_csv(tidy(), tmp_path)
+
+
+def sam_rows(frame, metric, sparsity):
+    return (frame["method"] == "sam") & (frame["metric"] == metric) & np.isclose(frame["sparsity"], sparsity)
+
+
+# ------------------------------------------------------------------------------------------ claims
+def test_claims_on_known_numbers(df):
+    entries = claims.check_all(df, {})
+    assert [e["id"] for e in entries] == ["C1", "C2", "C3", "C4", "C5", "H"]
+    assert {e["id"]: e["kind"] for e in entries} == {"C1": "guarantee", "C2": "guarantee", "C3": "finding",
+                                                     "C4": "guarantee", "C5": "finding", "H": "finding"}
+    for e in entries:
+        assert set(e) >= {"id", "statement", "definition", "measured", "status", "kind"}
+    c1 = entry(entries, "C1")
+    assert c1["status"] == "PASS" and c1["measured"]["max_abs_misalignment_db"] == {"0.001": 0.0, "0.01": 0.0}
+    c2 = entry(entries, "C2")
+    assert c2["status"] == "PASS"
+    assert c2["measured"]["max_memory_cost_pct"] == pytest.approx({"0.001": 0.06, "0.01": 0.6})
+    c3 = entry(entries, "C3")
+    assert c3["measured"]["sparsity"] == "0.01"
+    assert c3["measured"]["gap_db"] == pytest.approx({"VA": 0.5, "VP": 0.2, "VC": 0.1})
+    assert c3["measured"]["mean_gap_db"] == pytest.approx(0.8 / 3) and c3["status"] == "PASS"
+    c5 = entry(entries, "C5")
+    assert c5["measured"]["delta_db"] == pytest.approx({"VA": 4.0, "VP": 4.0, "VC": 4.0}) and c5["status"] == "PASS"
+
+
+def test_c1_fails_on_a_misalignment_of_1e_9(tmp_path):
+    raw = tidy()
+    raw.loc[sam_rows(raw, "misalignment", 0.01).idxmax(), "value"] = 1e-9
+    c1 = claims.c1_zero_misalignment(through_csv(raw, tmp_path), {})
+    assert c1["status"] == "FAIL"
+    assert c1["measured"]["max_abs_misalignment_db"] == {"0.001": 0.0, "0.01": 1e-9}
+
+
+def test_c1_also_checks_the_unrounded_maximum_of_evaluate_json(df):
+    """The CSV has 6 decimals; evaluate.json's max_abs_misalignment is exact."""
+    summary = {"sam_gamma_0.001": {"max_abs_misalignment": 0.0}, "sam_gamma_0.01": {"max_abs_misalignment": 3e-8}}
+    assert claims.c1_zero_misalignment(df, summary)["status"] == "FAIL"
+    summary["sam_gamma_0.01"]["max_abs_misalignment"] = 0.0
+    assert claims.c1_zero_misalignment(df, summary)["status"] == "PASS"
+
+
+def test_c2_fails_when_one_domain_costs_1_2_percent_at_gamma_one_percent(tmp_path):
+    raw = tidy()
+    raw.loc[sam_rows(raw, "memory_cost", 0.01).idxmax(), "value"] = 1.2
+    c2 = claims.c2_memory_below_one_percent(through_csv(raw, tmp_path), {})
+    assert c2["status"] == "FAIL" and c2["measured"]["max_memory_cost_pct"]["0.01"] == 1.2
+
+
+def test_c4_needs_misalignment_or_a_full_copy_on_every_route(tmp_path, df):
+    c4 = claims.c4_alignment_is_paid(df, {})
+    assert c4["status"] == "PASS"
+    assert c4["measured"]["tuning_copy"] == {"mean_misalignment_db": 0.0, "memory_cost_pct": 100.0, "pays": True}
+    assert c4["measured"]["tuning_retune"]["mean_misalignment_db"] == pytest.approx(1.0)
+    assert c4["measured"]["tuning_retune"]["forgetting_db"] == pytest.approx({"VA": 5.5, "VP": 5.2, "VC": 5.1})
+    assert c4["measured"]["equalizer"]["memory_cost_pct"] == pytest.approx(101.0)
+    # Re-tuning that keeps its agents aligned for free would break the guarantee.
+    raw = tidy()
+    retune = (raw["method"] == "tuning_retune") & (raw["metric"] == "misalignment")
+    raw.loc[retune, "value"] = 0.0
+    assert claims.c4_alignment_is_paid(through_csv(raw, tmp_path), {})["status"] == "FAIL"
+    # ... as would a copy that costs less than the model.
+    raw = tidy()
+    raw.loc[(raw["method"] == "tuning_copy") & (raw["metric"] == "memory_cost"), "value"] = 99.9
+    assert claims.c4_alignment_is_paid(through_csv(raw, tmp_path), {})["status"] == "FAIL"
+
+
+def test_headline_is_the_largest_relative_gain_over_both_baselines(df):
+    h = claims.headline_improvement(df, {})
+    # sam at 1 %: VA 24; tuning_retune VA 19: 100 * 5 / 19 = 26.3 %, the largest of the six ratios.
+    assert h["measured"]["max_improvement_pct"] == pytest.approx(100 * 5 / 19)
+    assert (h["measured"]["argmax_domain"], h["measured"]["argmax_baseline"]) == ("VA", "tuning_retune")
+    assert h["measured"]["improvement_pct"]["pretrained"]["VC"] == pytest.approx(100 * 4 / 22)
+    assert h["measured"]["paper_pct"] == 29.7 and h["status"] == "FAIL" and h["kind"] == "finding"
+
+
+def test_one_percent_claims_say_which_gamma_they_used_when_one_percent_is_missing(tmp_path):
+    raw = tidy()
+    c3 = claims.c3_close_to_tuning(through_csv(raw[~np.isclose(raw["sparsity"], 0.01)], tmp_path), {})
+    assert c3["measured"]["sparsity"] == "0.001" and "0.1 %" in c3["measured"]["sparsity_note"]
+
+
+# --------------------------------------------------------------------------------------- check CLI
+def write(tmp_path, entries) -> str:
+    prov = {"profile": "quick", "data_source": "builtin", "git_commit": "abc", "mlflow_run_id": "r1"}
+    claims.write_claims(entries, tmp_path, prov)
+    return str(tmp_path / "claims.json")
+
+
+def test_check_exits_1_only_when_a_guarantee_fails(tmp_path, df, capsys):
+    entries = claims.check_all(df, {})
+    assert entry(entries, "H")["status"] == "FAIL"  # a failed finding ...
+    assert claims.main(["check", write(tmp_path, entries)]) == 0  # ... does not fail the check
+    assert "H   finding   FAIL" in capsys.readouterr().out
+    entry(entries, "C2")["status"] = "FAIL"
+    assert claims.main(["check", write(tmp_path, entries)]) == 1
+    assert "FAILED C2" in capsys.readouterr().out
+
+
+def test_check_exits_2_on_an_unreadable_file(tmp_path, capsys):
+    assert claims.main(["check", str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "bad.json").write_text("{not json")
+    assert claims.main(["check", str(tmp_path / "bad.json")]) == 2
+    (tmp_path / "shape.json").write_text(json.dumps({"claims": [{"id": "C1", "status": "OK"}]}))
+    assert claims.main(["check", str(tmp_path / "shape.json")]) == 2
+    assert capsys.readouterr().err.count("error:") == 3
+
+
+def test_check_command_exit_status(tmp_path, df):
+    entries = claims.check_all(df, {})
+    entry(entries, "C1")["status"] = "FAIL"
+    done = subprocess.run([sys.executable, "-m", "pipeline.claims", "check", write(tmp_path, entries)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+
+
+def test_claims_files(tmp_path, df):
+    write(tmp_path, claims.check_all(df, {}))
+    doc = json.loads((tmp_path / "claims.json").read_text())
+    assert doc["provenance"]["mlflow_run_id"] == "r1" and len(doc["claims"]) == 6
+    md = (tmp_path / "claims.md").read_text()
+    assert "`abc`" in md.split("|")[0]  # provenance before the table
+    assert "| C1 | guarantee |" in md and "## H:" in md and "argmax_baseline: tuning_retune" in md
+    assert "gap_db: VA: 0.5, VP: 0.2, VC: 0.1" in md
+
+
+# ---------------------------------------------------------------------------------------- tables
+def frames(df) -> report.Frames:
+    masks = pd.DataFrame([{"domain": d, "sparsity": g, "metric": "mask_moved_fraction", "value": 0.25}
+                          for g in GAMMAS for d in DOMAINS])
+    return report.summarise(report.Inputs(df, {}, np.zeros(0), masks), DOMAINS)
+
+
+def test_tables_hold_the_expected_numbers(df):
+    tables = {name: report.flat_table(frame, fmt) for name, (frame, fmt) in report.table_specs(frames(df)).items()}
+    main = tables["main"].set_index("method")
+    assert list(main.index) == ["pretrained", "sam", "sam", "tuning_copy", "tuning_retune", "no_alignment",
+                                "equalizer"]
+    sam = tables["main"][tables["main"]["method"] == "sam"].set_index("sparsity_pct")
+    assert sam.loc[1.0, "domain_psnr_db"] == 25.0 and sam.loc[0.1, "memory_cost_pct"] == 0.06
+    assert main.loc["tuning_copy", "domain_psnr_db"] == pytest.approx(25.27)  # mean 25.2667, 2 decimals
+    assert main.loc["equalizer", "misalignment_db"] == 2.0 and main.loc["tuning_copy", "memory_cost_pct"] == 100.0
+    assert tables["domain_psnr"].set_index("method").loc["tuning_retune", "VP"] == 20.0
+    assert tables["misalignment"].set_index("method").loc["no_alignment", "misalignment_max_db"] == 10.0
+    memory = tables["memory"].set_index("method")
+    assert memory.loc["equalizer", "memory_bytes_max"] == BASE_BYTES + 10_000
+    assert memory.loc["equalizer", "memory_cost_pct_mean"] == 101.0
+    assert tables["pair_psnr"].set_index(["method", "tx"]).loc[("tuning_retune", "VA"), "VP"] == 29.0
+    assert list(tables["mask_movement"].columns) == ["sparsity_pct", *DOMAINS, "mean"]
+
+
+def test_table_text_formats(df):
+    frame, fmt = report.table_specs(frames(df))["main"]
+    csv, md, tex = report.render_table(report.flat_table(frame, fmt), fmt, "PROVENANCE")
+    assert md.startswith("PROVENANCE\n") and tex.startswith("% PROVENANCE\n")
+    assert "25.27" in md and "100.000" in md and "nan" not in md
+    assert "tuning\\_copy" in tex and "25.27" in tex
+    assert csv.splitlines()[0] == "method,sparsity_pct,domain_psnr_db,misalignment_db,memory_cost_pct"
+
+
+# ----------------------------------------------------------------------------------------- stage
+def write_inputs(params, df: pd.DataFrame) -> None:
+    """What the evaluate and adapt stages leave for the report, in the isolated project (its own
+    domains and sparsities: params blocks of other stages may refer to them)."""
+    csv_path(params).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(csv_path(params), index=False)
+    write_json(csv_path(params).with_name("evaluate.json"), {"reference_psnr": REFERENCE})
+    recon = np.random.default_rng(0).integers(0, 256, (len(params.domains.names), 4, 2, 32, 32, 3), np.uint8)
+    write_npy(recon_path(params), recon)
+    for g in params.adapt.sparsities:
+        for d in params.domains.names:
+            write_json(metrics_path(params, "sam", d, g),
+                       {"details": {"kept_per_layer": {"a": 3, "b": 4}, "mask_moved_fraction": 0.5}})
+
+
+REPORT_FILES = ({f"tables/{t}.{ext}" for t in ("main", "domain_psnr", "misalignment", "memory", "pair_psnr",
+                                                 "mask_movement") for ext in ("csv", "md", "tex")}
+                | {f"figures/{f}.png" for f in ("psnr_vs_sparsity", "misalignment", "memory_vs_sparsity",
+                                                 "pair_matrix", "reconstructions")}
+                | {"plots/psnr_vs_sparsity.csv", "plots/memory_vs_sparsity.csv", "claims.json", "claims.md"})
+
+
+def test_report_stage_writes_every_file(project, capsys):
+    params = project.params
+    domains, gammas = list(params.domains.names), list(params.adapt.sparsities)
+    write_inputs(params, tidy(domains, gammas))
+    run(report.main)
+    out = params.report_dir
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"metrics/evaluation.csv",
+                                                                                        "metrics/evaluate.json"}
+    assert written == REPORT_FILES
+    doc = json.loads((out / "claims.json").read_text())
+    run_id = doc["provenance"]["mlflow_run_id"]
+    assert run_id != "not tracked" and doc["provenance"]["profile"] == "quick"
+    assert (out / "tables" / "main.md").read_text().splitlines()[0].count(run_id) == 1
+    plot = pd.read_csv(out / "plots" / "psnr_vs_sparsity.csv")
+    assert list(plot.columns) == ["sparsity", *domains] and plot["sparsity"].tolist() == sorted(gammas)
+    last = len(domains) - 1
+    assert plot[domains[last]].tolist() == pytest.approx([domain_psnr("sam", g, last) for g in sorted(gammas)])
+    assert "guarantees all PASS" in capsys.readouterr().out
+    import mlflow.tracking
+    client = mlflow.tracking.MlflowClient()
+    logged = {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert "figures/pair_matrix.png" in logged
+    parent = client.get_run(client.get_run(run_id).data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"
+
+
+def test_missing_csv_exits_2_and_writes_nothing(project, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(report.main)
+    assert exit_.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "evaluation.csv not found" in err
+    assert not project.params.report_dir.exists()
+
+
+def test_csv_lacking_a_method_exits_2_and_writes_nothing(project, capsys):
+    params = project.params
+    raw = tidy(params.domains.names, params.adapt.sparsities)
+    write_inputs(params, raw[raw["method"] != "equalizer"])
+    before = project.files()
+    with pytest.raises(SystemExit) as exit_:
+        run(report.main)
+    assert exit_.value.code == EXIT_BAD_INPUT
+    assert "lacks domain_psnr of equalizer" in capsys.readouterr().err
+    assert project.files() == before
+
+
+def test_incomplete_or_stale_tables_are_refused(tiny_params, tmp_path):
+    from pipeline.config import parse
+    from pipeline.data import DataError
+    params = parse(tiny_params)
+    full = tidy(params.domains.names, params.adapt.sparsities)
+    report.check_complete(through_csv(full, tmp_path), params, tmp_path)
+    one_pair_less = full.drop(full.index[(full["method"] == "equalizer") & (full["metric"] == "pair_psnr")][:1])
+    with pytest.raises(DataError, match="lacks pair_psnr of equalizer"):
+        report.check_complete(through_csv(one_pair_less, tmp_path), params, tmp_path)
+    stale = pd.concat([full, tidy(params.domains.names, [0.5]).query("method == 'sam'")])
+    with pytest.raises(DataError, match=r"sparsities \[0.5\]"):
+        report.check_complete(through_csv(stale, tmp_path), params, tmp_path)
