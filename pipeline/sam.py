@@ -248,15 +248,21 @@ def sam_layers(model: nn.Module) -> dict[str, SAMLayer]:
     return {n: m for n, m in _layers(model).items() if isinstance(m, SAMLayer)}
 
 
+def layer_budgets(model: nn.Module, sparsity: float, allocation: str = "linear") -> dict[str, int]:
+    """Kept entries per adaptable layer of ``model`` (by plain-model name) for this budget rule."""
+    weights = {n: (m.base if isinstance(m, SAMLayer) else m).weight for n, m in _layers(model).items()}
+    dims = {n: (w.numel(), *nn.init._calculate_fan_in_and_fan_out(w))
+            for n, w in weights.items()}  # ConvTranspose2d: torch's (in, out/groups, kh, kw) convention
+    return allocate_budget(dims, sparsity, allocation)
+
+
 def attach_sam(model: nn.Module, sparsity: float, allocation: str = "linear") -> nn.Module:
     """Wrap every adaptable layer in place (training mode), freeze all base parameters."""
     layers = _layers(model)
     if not layers or any(isinstance(m, SAMLayer) for m in layers.values()):
         raise ValueError("model has no adaptable layer or already carries SAM")
     model.requires_grad_(False)
-    dims = {n: (m.weight.numel(), *nn.init._calculate_fan_in_and_fan_out(m.weight))
-            for n, m in layers.items()}  # ConvTranspose2d: torch's (in, out/groups, kh, kw) convention
-    budget = allocate_budget(dims, sparsity, allocation)
+    budget = layer_budgets(model, sparsity, allocation)
     for n, m in layers.items():
         _replace(model, n, SAMLayer(m, budget[n]))
     _remember_layers(model)

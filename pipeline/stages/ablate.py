@@ -13,6 +13,7 @@ Each writes a CSV + Markdown table, a figure and a finding stated with numbers.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 
@@ -22,10 +23,11 @@ from ..config import ConfigError, Params
 from ..methods import BASE_AGENT, Context
 from ..methods.sam import train_sam
 from ..metrics import misalignment, ordered_pairs
-from ..sam import install_sam, sam_state
+from ..sam import install_sam, layer_budgets, sam_state
 from ..tracking import Tracker
 from ..train import CHECKPOINTS, setup_runtime
 from . import provenance, run, save_figure
+from .adapt import metrics_path
 from .evaluate import all_variants
 
 STUDIES = ("allocation", "mask", "sparsity", "snr")
@@ -109,6 +111,14 @@ def network_main(params: Params) -> None:
 
 # ------------------------------------------------------------------------------------------ studies
 def _train_eval(ctx: Context, domain: str, sparsity: float, allocation: str, mask: str) -> dict:
+    """Domain PSNR of a SAM trained with these settings: read from the ``adapt_sam`` cell when the
+    main grid already trained exactly this one (same code, data, params), else trained here."""
+    p = ctx.params.adapt
+    cell = metrics_path(ctx.params, "sam", domain, sparsity)
+    if (allocation, mask) == (p.allocation, "score") and sparsity in p.sparsities and cell.is_file():
+        done = json.loads(cell.read_text())
+        return {"domain": domain, "sparsity": sparsity, "allocation": allocation, "mask": mask,
+                "domain_psnr": done["domain_psnr"], "mask_moved": done["details"]["mask_moved_fraction"]}
     trained = train_sam(ctx, domain, sparsity, allocation=allocation, mask=mask,
                         tag=f"ablate-{domain}-{sparsity:g}-{allocation}-{mask}")
     model = install_sam(trained["model"], sam_state(trained["model"]))  # the fp16 values a file would hold
@@ -146,6 +156,9 @@ def study(ctx: Context, name: str) -> tuple[pd.DataFrame, str, object]:
         finding = (f"At γ={a.sparsity:g} on {', '.join(a.domains)}, mean domain PSNR by {key}: "
                    + "; ".join(f"{k}: {v:.2f} dB" for k, v in means.items())
                    + f"; best: {best} (+{means.max() - means.drop(best).max():.2f} dB over the runner-up).")
+        if name == "allocation" and layer_budgets(pre, a.sparsity, "uniform") == layer_budgets(pre, a.sparsity, "product"):
+            finding += (" uniform and product give identical per-layer budgets for this model (every layer has "
+                        "the same kernel size, so d_in·d_out is proportional to the layer size).")
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
