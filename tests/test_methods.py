@@ -269,10 +269,10 @@ def test_ablate_snr_study_keeps_sam_aligned(adapted):
     plt.close(fig)
     assert sorted(set(df.snr_db)) == sorted(params.ablate.snr_db)
     sam = df[df.method.str.startswith("sam")]
-    assert len(sam) == len(params.ablate.snr_db) * len(SPARSITIES)
+    assert len(sam) == len(params.ablate.snr_db)  # sam at its largest sparsity only
     assert (sam.misalignment == 0.0).all(), sam
     for snr in params.ablate.snr_db:
-        assert set(df[df.snr_db == snr].method) == {"pretrained", *(f"sam γ={s:g}" for s in SPARSITIES),
+        assert set(df[df.snr_db == snr].method) == {"pretrained", f"sam γ={max(SPARSITIES):g}",
                                                     "tuning_retune", "tuning_copy", "no_alignment", "equalizer"}
     # the channel matters: pretrained's own PSNR rises with the SNR
     pre = df[df.method == "pretrained"].sort_values("snr_db").domain_psnr.tolist()
