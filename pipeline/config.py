@@ -20,7 +20,11 @@ BUILTIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
 METHODS = ("sam", "tuning", "equalizer")
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """Bad input (params, data, model or SAM files): reported in one line, exit code 2."""
+
+
+class ConfigError(InputError):
     """Invalid params: the message is one line naming key, value and what is allowed."""
 
 

@@ -12,15 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
-from .config import BUILTIN_PHOTOS, ROOT, Domains, Params
+from .config import BUILTIN_PHOTOS, ROOT, Domains, InputError, Params
 
 THUMB = 32
 
 
-class DataError(RuntimeError):
+class DataError(InputError):
     """A data source or data file that cannot be used; the message says what to do."""
 
 
@@ -178,6 +176,10 @@ def _perspective_points(rng: np.random.Generator, distortion: float) -> tuple[li
 
 def domain_transform(name: str, cfg: Domains, rng: np.random.Generator):
     """One image's transform for domain ``name`` (VA, VP, VC, VH), parameters drawn from ``rng``."""
+    # torchvision is imported here, not at the top: importing it costs ~1.5 s (it loads torch's
+    # compiler stack), paid by every stage process otherwise.
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as TF
     bilinear = v2.InterpolationMode.BILINEAR
     if name == "VA":
         angle = _uniform_signed(rng, *cfg.rotation_degrees)

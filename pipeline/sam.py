@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as _st_load
 from torch import Tensor, nn
 
+from .config import InputError
 from .storage import safetensors_bytes, write_atomic
 
 ALLOCATIONS = ("linear", "uniform", "product")
@@ -41,7 +42,7 @@ FORMAT = "sam/2"
 _RESERVED = ("format", "sparsity", "allocation", "base_fingerprint", "layers", "sha256")
 
 
-class SAMFileError(ValueError):
+class SAMFileError(InputError):
     """A stored SAM that must not be used (unreadable, altered, or for another base)."""
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ROOT, Params
+from .config import ROOT, InputError, Params
 from .metrics import mean_psnr, psnr_per_image
 from .model import SCModel
 from .storage import save_safetensors
@@ -26,7 +26,7 @@ from .storage import save_safetensors
 CHECKPOINTS = ROOT / ".checkpoints"  # outside every DVC output, so a killed stage can resume
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError):
     """A model file that is missing, corrupt or does not fit the configured architecture."""
 
 

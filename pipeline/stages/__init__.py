@@ -12,25 +12,17 @@ from typing import Callable
 
 import numpy as np
 
-from ..config import ConfigError, Params, load
+from ..config import InputError, Params, load
 
 EXIT_BAD_INPUT = 2
 
 
 def run(main: Callable[[Params], None]) -> None:
     """Validate params, then run ``main``; bad input ends with one line on stderr and exit code 2."""
-    from ..data import DataError
-    from ..train import ModelFileError
-    known: tuple[type[Exception], ...] = (ConfigError, DataError, ModelFileError)
-    try:
-        from ..sam import SAMFileError
-        known += (SAMFileError,)
-    except ImportError:
-        pass
     try:
         params = load()
         main(params)
-    except known as err:
+    except InputError as err:  # params, data, model and SAM file errors all derive from it
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
