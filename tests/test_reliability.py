@@ -693,7 +693,7 @@ def test_kill_9_during_pretrain_resumes_to_the_uninterrupted_result(kill_copy, c
 def test_kill_9_during_an_adapt_cell_resumes_to_the_uninterrupted_result(kill_copy, clean_run, tmp_path):
     repo, cell = kill_copy, "VA-0.01"
     dvc_ok(repo, "repro", "pretrain")  # nothing to do when the test above ran
-    ckpt = checkpoints(repo) / "sam" / f"{cell}.pt"
+    ckpt = checkpoints(repo) / "sam" / cell / f"{cell}.pt"  # one checkpoint folder per cell
     result = build(repo) / "adapt" / "sam" / f"{cell}.json"
     kill_when(repo, ["repro", f"adapt_sam@{cell}"], ckpt, tmp_path / "killed.log")
     assert ckpt.is_file()
