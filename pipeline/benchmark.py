@@ -907,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"batch {params.train.batch_size}; params profile {params.profile}, source {params.data.source}")
     info["settings"] = ("--quick" if args.quick else "default") + f": {s}"
     info["wall_time"] = f"{time.perf_counter() - start:.0f} s"
-    from .tracking import Tracker, execution_key, git_commit
+    from .tracking import Tracker, git_commit
     info["git_commit"] = git_commit()
     notes = [gpu_note,
              "Switch: `set_sam_enabled` only flips flags; the merged weight W0 + m⊙v is built eagerly by "
@@ -934,8 +934,6 @@ def main(argv: list[str] | None = None) -> int:
         tracker.log_metrics({"benchmark.failed_rows": sum(r.status == "FAIL" for r in rows),
                              "benchmark.passed_rows": sum(r.status == "PASS" for r in rows)})
         tracker.log_artifact(args.out, "benchmark")
-        if execution_key().startswith("process-"):  # our own parent run: nobody else will close it
-            tracker.finish_parent()
     return 0
 
 

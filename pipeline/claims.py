@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .storage import write_atomic
 
 GUARANTEE, FINDING = "guarantee", "finding"
 PASS, FAIL = "PASS", "FAIL"
@@ -209,10 +210,7 @@ def failed_guarantees(entries: list[dict]) -> list[str]:
 # ----------------------------------------------------------------------------------------- files
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically (readers never see half a file); shared with the report stage."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode())
 
 
 def provenance_line(prov: dict) -> str:

@@ -146,8 +146,3 @@ class Tracker:
             if parent:
                 client.set_terminated(parent, status)
         self._call(_end)
-
-    def finish_parent(self) -> None:
-        """Kept for callers that close the execution explicitly (the report stage)."""
-        if self.run_id is not None:
-            self._finish_parent("FINISHED")

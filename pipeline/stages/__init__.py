@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import InputError, Params, load
+from ..storage import write_atomic
 
 EXIT_BAD_INPUT = 2
 
@@ -29,10 +30,7 @@ def run(main: Callable[[Params], None]) -> None:
 
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically: readers never see half a file, a failure keeps the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def write_npy(path: Path, arr: np.ndarray) -> None:

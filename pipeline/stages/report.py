@@ -380,7 +380,6 @@ def main(params: Params) -> None:
             tracker.log_artifact(path, path.parent.relative_to(out).as_posix() if path.parent != out else None)
         tracker.log_metrics({f"claim_{e['id']}_pass": float(e["status"] == claims.PASS) for e in entries})
         tracker.set_tags({f"claim.{e['id']}": e["status"] for e in entries})
-        tracker.finish_parent()
     for e in entries:
         print(f"report: {e['id']} {e['kind']} {e['status']}: {e['summary']}")
     failed = claims.failed_guarantees(entries)
