@@ -4,13 +4,16 @@ execution, one child run per stage (or matrix cell).
 A pipeline execution is identified by ``ZFDA_EXECUTION`` when set, else by the ``dvc`` process
 that launched the stage (its pid and start time), else by the stage's own process. Tracking is
 best effort: any MLflow failure (read-only or locked ``mlflow.db``...) is reported loudly on stderr
-and tracking stops for that stage, but the stage still writes all its DVC outputs.
+and tracking stops for that stage, but the stage still writes all its DVC outputs. MLflow's
+start-up and every write run on one background thread per stage, off the stage's critical path.
 """
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,20 +59,40 @@ def execution_key() -> str:
 
 
 class Tracker:
-    """Context manager for one stage cell's MLflow child run; every call is failure-tolerant."""
+    """Context manager for one stage cell's MLflow child run; every call is failure-tolerant.
+
+    MLflow costs a stage process about 3 s before its first write (importing mlflow, opening the
+    SQLite store, creating the runs). That work runs on a background thread from ``__enter__``,
+    overlapping the stage's data loading and training; every logging call is queued behind it and
+    written in order by the same thread, and ``__exit__`` waits until all of it is in ``mlflow.db``.
+    The child run's start time is taken at ``__enter__``, so durations in the UI are the stage's.
+    Reading ``run_id`` waits for the run to exist (``None`` when tracking failed).
+    """
 
     def __init__(self, params: Params, stage: str, cell: str | None = None):
         self.params, self.stage, self.cell = params, stage, cell
-        self.run_id: str | None = None
         self.enabled = True
-        self._mlflow = None
+        self._run_id: str | None = None
+        self._parent_id: str | None = None
+        self._client = None
+        self._ops: queue.SimpleQueue = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._fail_lock = threading.Lock()
+
+    @property
+    def run_id(self) -> str | None:
+        if self._worker is not None:
+            self._ready.wait()
+        return self._run_id
 
     def _fail(self, err: Exception) -> None:
-        if self.enabled:
-            print(f"\n!!! MLflow TRACKING FAILED in stage {self.stage} ({type(err).__name__}: {err}); "
-                  "the stage goes on and writes its outputs, but this run is NOT in mlflow.db !!!\n",
-                  file=sys.stderr, flush=True)
-        self.enabled = False
+        with self._fail_lock:
+            if self.enabled:
+                print(f"\n!!! MLflow TRACKING FAILED in stage {self.stage} ({type(err).__name__}: {err}); "
+                      "the stage goes on and writes its outputs, but this run is NOT in mlflow.db !!!\n",
+                      file=sys.stderr, flush=True)
+            self.enabled = False
 
     def _call(self, fn, *args, **kwargs):
         if not self.enabled:
@@ -79,6 +102,15 @@ class Tracker:
         except Exception as err:  # tracking must never cost the pipeline its outputs
             self._fail(err)
             return None
+
+    def _submit(self, fn) -> None:
+        """Queue one write for the tracking thread (or run it here when no thread is running)."""
+        if not self.enabled:
+            return
+        if self._worker is None:
+            self._call(fn)
+        else:
+            self._ops.put(fn)
 
     def _parent(self, client, experiment_id: str) -> str:
         key = execution_key()
@@ -91,39 +123,68 @@ class Tracker:
             "git.commit": git_commit()})
         return run.info.run_id
 
-    def _start(self) -> None:
-        import mlflow
+    def _start(self, start_ms: int) -> None:
         from mlflow.tracking import MlflowClient
-        self._mlflow = mlflow
-        mlflow.set_tracking_uri(tracking_uri())
-        client = MlflowClient()
+        from mlflow.tracking.context.registry import resolve_tags
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+        client = MlflowClient(tracking_uri=tracking_uri())
         exp = client.get_experiment_by_name(EXPERIMENT)
         experiment_id = exp.experiment_id if exp else client.create_experiment(
             EXPERIMENT, artifact_location=(ROOT / "mlartifacts").as_uri())
         parent = self._parent(client, experiment_id)
         name = self.stage if self.cell is None else f"{self.stage}[{self.cell}]"
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent, tags={
-            "stage": self.stage, "cell": self.cell or "", "profile": self.params.profile,
-            "data.source": self.params.data.source, "git.commit": git_commit()})
-        self.run_id = run.info.run_id
-        mlflow.log_params(flat_params(self.params))
+        tags = resolve_tags({"stage": self.stage, "cell": self.cell or "", "profile": self.params.profile,
+                             "data.source": self.params.data.source, "git.commit": git_commit(),
+                             MLFLOW_PARENT_RUN_ID: parent})
+        run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name)
+        self._client, self._parent_id, self._run_id = client, parent, run.info.run_id
+        self._log_batch(params=flat_params(self.params))
+
+    def _work(self, start_ms: int) -> None:
+        try:
+            self._call(self._start, start_ms)
+        finally:
+            self._ready.set()
+        while (fn := self._ops.get()) is not None:
+            if self.enabled and self._run_id is not None:
+                self._call(fn)
+
+    def _log_batch(self, metrics=(), params=None, tags=None) -> None:
+        from mlflow.entities import Param, RunTag
+        self._client.log_batch(self._run_id, metrics=list(metrics),
+                               params=[Param(k, str(v)) for k, v in (params or {}).items()],
+                               tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
     def __enter__(self) -> "Tracker":
-        self._call(self._start)
+        self._worker = threading.Thread(target=self._work, args=(int(time.time() * 1000),),
+                                        name=f"mlflow-{self.stage}", daemon=True)
+        self._worker.start()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._mlflow is not None and self.run_id is not None:
-            status = "FAILED" if exc_type else "FINISHED"
-            self._call(self._mlflow.end_run, status)
-            self._finish_parent(status)
+        status = "FAILED" if exc_type else "FINISHED"
+
+        def _end():
+            # Every stage closes the parent run as it ends, so the parent's end time and status are
+            # those of the execution's last stage so far (a later stage only moves the end time on).
+            self._client.set_terminated(self._run_id, status)
+            self._client.set_terminated(self._parent_id, status)
+        self._ops.put(_end)
+        self._ops.put(None)
+        self._worker.join()
+        self._worker = None
 
     def log_params(self, values: dict) -> None:
-        self._call(lambda: self._mlflow.log_params(values))
+        self._submit(lambda: self._log_batch(params=values))
 
     def log_metrics(self, values: dict, step: int | None = None) -> None:
+        from_ms = int(time.time() * 1000)
         clean = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
-        self._call(lambda: self._mlflow.log_metrics(clean, step=step))
+
+        def _log():
+            from mlflow.entities import Metric
+            self._log_batch(metrics=[Metric(k, v, from_ms, step or 0) for k, v in clean.items()])
+        self._submit(_log)
 
     def log_history(self, history: list[dict], prefix: str = "") -> None:
         """Per-epoch curves, after training: a resumed run logs the epochs from before the kill too."""
@@ -131,18 +192,7 @@ class Tracker:
             self.log_metrics({prefix + k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self._call(lambda: self._mlflow.log_artifact(str(path), folder))
+        self._submit(lambda: self._client.log_artifact(self._run_id, str(path), folder))
 
     def set_tags(self, tags: dict) -> None:
-        self._call(lambda: self._mlflow.set_tags(tags))
-
-    def _finish_parent(self, status: str) -> None:
-        """Every stage closes the parent run as it ends, so the parent's end time and status are
-        those of the execution's last stage so far (a later stage of the same execution reopens
-        nothing: it only moves the end time on)."""
-        def _end():
-            client = self._mlflow.tracking.MlflowClient()
-            parent = client.get_run(self.run_id).data.tags.get("mlflow.parentRunId")
-            if parent:
-                client.set_terminated(parent, status)
-        self._call(_end)
+        self._submit(lambda: self._log_batch(tags=tags))
