@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +32,20 @@ class ModelFileError(InputError):
 
 
 # ------------------------------------------------------------------------------------------ runtime
+def deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True)`` without its ~2 s import of torch._inductor.
+
+    The public call also sets the inductor's ``deterministic`` option, which imports the compiler
+    stack in every stage process; nothing here compiles, so the same runtime flag is set directly
+    unless the inductor is already loaded (then the public call costs nothing and sets both).
+    """
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(True)
+    else:
+        setter(True, warn_only=False)
+
+
 def setup_runtime(params: Params) -> dict:
     """Pick the device, fix threads and deterministic algorithms; return what to log."""
     want = params.train.device
@@ -40,7 +55,7 @@ def setup_runtime(params: Params) -> dict:
     if params.train.threads:
         torch.set_num_threads(params.train.threads)
     if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+        deterministic_algorithms()
     info = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
@@ -149,13 +164,33 @@ def fit(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tenso
 def evaluate_psnr(decode: Callable[[torch.Tensor, torch.Generator], torch.Tensor], images: torch.Tensor, *,
                   noise_seed: int, batch_size: int, device: torch.device) -> float:
     """Mean PSNR of ``decode(x, generator)`` against x, in fp32, with a fixed noise realisation."""
+    return evaluate_psnr_fanout(decode, [_identity], images, noise_seed=noise_seed, batch_size=batch_size,
+                                device=device)[0]
+
+
+@torch.no_grad()
+def evaluate_psnr_fanout(transmit: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+                         receivers: list[Callable[[torch.Tensor], torch.Tensor]], images: torch.Tensor, *,
+                         noise_seed: int, batch_size: int, device: torch.device) -> list[float]:
+    """Mean PSNR of ``receive(transmit(x, generator))`` for every receiver: one Tx heard by several Rx.
+
+    Each batch is transmitted once (noise drawn once) and decoded by every receiver, so the numbers
+    are exactly those of one ``evaluate_psnr`` per receiver with the same noise seed, at the cost of
+    one encoding for all of them (receivers must not draw noise or change their input).
+    """
     gen = torch.Generator(device=device)
     gen.manual_seed(noise_seed)
-    scores = []
+    scores: list[list[torch.Tensor]] = [[] for _ in receivers]
     for i in range(0, len(images), batch_size):
         x = to_float(images[i:i + batch_size], device)
-        scores.append(psnr_per_image(decode(x, gen), x).cpu())
-    return mean_psnr(torch.cat(scores))
+        y = transmit(x, gen)
+        for out, receive in zip(scores, receivers):
+            out.append(psnr_per_image(receive(y), x).cpu())
+    return [mean_psnr(torch.cat(out)) for out in scores]
+
+
+def _identity(y: torch.Tensor) -> torch.Tensor:
+    return y
 
 
 # ---------------------------------------------------------------------------------------- model I/O

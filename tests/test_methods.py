@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.methods import BASE_AGENT, CELL_KEYS, Context
+from pipeline.methods import BASE_AGENT, CELL_KEYS, Context, Variant
 from pipeline.metrics import ordered_pairs
 from pipeline.stages import adapt, pretrain
 
@@ -171,6 +171,35 @@ def test_equalizer_lowers_the_misalignment_it_targets(adapted):
         assert ctx.psnr(raw.pair(a, b), base_test) == without
     # links with the base agent, and an agent with itself, are raw (no equalizer there)
     assert ctx.psnr(eq_variant.pair(BASE_AGENT, "VA"), base_test) == ctx.psnr(ctx.link(pre, tuned["VA"]), base_test)
+
+
+def test_fanout_pair_psnrs_equal_one_evaluation_per_pair(adapted):
+    """Context.pair_psnrs encodes each Tx once for all its receivers: the numbers must be exactly
+    those of one evaluation per pair (same noise), for every method's variants."""
+    from pipeline.stages.evaluate import all_variants
+    ctx = context(adapted.params)
+    base_test = ctx.split("base_test")
+    agents = [BASE_AGENT, *DOMAINS]
+    pairs = [(a, b) for a in agents for b in agents]
+    variants = all_variants(ctx)
+    assert {v.method for v in variants if v.transmit is None} == set()  # every built-in method fans out
+    for v in variants:
+        fanned = ctx.pair_psnrs(v, pairs, base_test)
+        assert list(fanned) == pairs
+        one_by_one = {(a, b): ctx.psnr(v.pair(a, b), base_test) for a, b in pairs}
+        assert fanned == one_by_one, (v.method, v.sparsity)
+    # a variant that only gives pair() is evaluated pair by pair, with the same result
+    v = variants[-1]
+    plain = Variant(v.method, v.sparsity, v.local, v.pair, v.memory_bytes)
+    assert plain.transmit is None and ctx.pair_psnrs(plain, pairs[:3], base_test) == {
+        p: fanned[p] for p in pairs[:3]}
+
+
+def test_variant_needs_pair_or_both_transmit_and_receive():
+    with pytest.raises(TypeError, match="pair, or transmit and receive"):
+        Variant("m", None, lambda d: None, None, lambda d: 0)
+    with pytest.raises(TypeError, match="together"):
+        Variant("m", None, lambda d: None, None, lambda d: 0, transmit=lambda a: None)
 
 
 # -------------------------------------------------------------------------------------- 4. evaluate

@@ -23,14 +23,15 @@ import torch
 
 from ..config import Params
 from ..data import load_images, to_tensor
-from ..model import SCModel, link
-from ..train import CHECKPOINTS, evaluate_psnr, load_model
+from ..model import SCModel, awgn
+from ..train import CHECKPOINTS, evaluate_psnr, evaluate_psnr_fanout, load_model
 
 # Every cell's metrics JSON has exactly these keys, whatever the method (evaluation treats all alike).
 CELL_KEYS = ("method", "domain", "sparsity", "domain_psnr", "memory_bytes", "memory_cost_pct", "details")
 
 BASE_AGENT = "base"  # the unadapted agent (pretrained model); every method's pair() accepts it
-Decode = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Decode = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # images (+ noise) -> images or symbols
+Receive = Callable[[torch.Tensor], torch.Tensor]  # received channel symbols -> images
 
 
 @dataclass
@@ -40,13 +41,32 @@ class Variant:
     ``local(d)`` prepares and returns agent d's own link (its Tx -> channel -> its Rx);
     ``pair(a, b)`` returns the link from agent a's Tx to agent b's Rx after the alignment step;
     ``memory_bytes(d)`` is what agent d stores beyond the shared pretrained model (real bytes).
+
+    A method whose pair links are "a's Tx -> channel -> b's Rx side" gives ``transmit(a)`` (images,
+    generator -> received symbols) and ``receive(a, b)`` (received symbols -> images) instead of
+    ``pair``: ``pair`` is then their composition, and ``Context.pair_psnrs`` encodes each Tx's
+    batches once for all its receivers (the same numbers, about a third less compute).
     """
     method: str
     sparsity: float | None
     local: Callable[[str], Decode]
-    pair: Callable[[str, str], Decode]
+    pair: Callable[[str, str], Decode] | None
     memory_bytes: Callable[[str], int]
     notes: dict = field(default_factory=dict)
+    transmit: Callable[[str], Decode] | None = None
+    receive: Callable[[str, str], Receive] | None = None
+
+    def __post_init__(self):
+        if (self.transmit is None) != (self.receive is None):
+            raise TypeError(f"Variant {self.method}: give transmit and receive together")
+        if self.pair is None:
+            if self.transmit is None:
+                raise TypeError(f"Variant {self.method}: give pair, or transmit and receive")
+            self.pair = lambda a, b: _compose(self.transmit(a), self.receive(a, b))
+
+
+def _compose(tx: Decode, rx: Receive) -> Decode:
+    return lambda x, g: rx(tx(x, g))
 
 
 @dataclass
@@ -79,7 +99,15 @@ class Context:
 
     def link(self, tx: SCModel, rx: SCModel, equalizer: torch.nn.Module | None = None) -> Decode:
         """Agent tx's encoder -> channel -> (equalizer) -> agent rx's decoder."""
-        return lambda x, g: link(tx, rx, x, self.snr_db, g, equalizer)
+        return _compose(self.channel(tx), self.receiver(rx, equalizer))
+
+    def channel(self, tx: SCModel) -> Decode:
+        """Agent tx's encoder -> channel (evaluation SNR): the symbols a receiver gets."""
+        return lambda x, g: awgn(tx.transmit(x), self.snr_db, g)
+
+    def receiver(self, rx: SCModel, equalizer: torch.nn.Module | None = None) -> Receive:
+        """(Equalizer ->) agent rx's decoder, on received symbols."""
+        return (lambda y: rx.decoder(y)) if equalizer is None else (lambda y: rx.decoder(equalizer(y)))
 
     def cell_dir(self, method: str) -> Path:
         return self.params.build_dir / "adapt" / method
@@ -88,6 +116,21 @@ class Context:
         """Mean PSNR with the evaluation noise seed: every method sees the same noise."""
         return evaluate_psnr(decode, images, noise_seed=self.params.evaluate.noise_seed, batch_size=256,
                              device=self.device)
+
+    def pair_psnrs(self, variant: Variant, pairs: list[tuple[str, str]], images: torch.Tensor
+                   ) -> dict[tuple[str, str], float]:
+        """``psnr(variant.pair(a, b), images)`` for every pair; with transmit/receive, each Tx's
+        batches are encoded once for all its receivers (same noise, same numbers)."""
+        if variant.transmit is None:
+            return {(a, b): self.psnr(variant.pair(a, b), images) for a, b in pairs}
+        found = {}
+        for a in dict.fromkeys(a for a, _ in pairs):
+            rxs = [b for t, b in pairs if t == a]
+            values = evaluate_psnr_fanout(variant.transmit(a), [variant.receive(a, b) for b in rxs], images,
+                                          noise_seed=self.params.evaluate.noise_seed, batch_size=256,
+                                          device=self.device)
+            found.update({(a, b): v for b, v in zip(rxs, values)})
+        return {p: found[p] for p in pairs}
 
 
 @cache

@@ -97,6 +97,7 @@ def variants(ctx: Context, sparsity: None) -> list[Variant]:
     eqs = {d: load_equalizers(ctx, d, channels) for d in ctx.params.domains.names}
     nbytes = copy_bytes(ctx.pretrained())
     # Equalizers exist only between adapted agents: links with the base agent, or to oneself, are raw.
-    return [Variant(NAME, None, lambda d: ctx.self_link(tuned[d]),
-                    lambda a, b: ctx.link(tuned[a], tuned[b], eqs.get(b, {}).get(a)),
-                    lambda d: nbytes + sum(tensor_bytes(e.state_dict().values()) for e in eqs[d].values()))]
+    return [Variant(NAME, None, lambda d: ctx.self_link(tuned[d]), None,
+                    lambda d: nbytes + sum(tensor_bytes(e.state_dict().values()) for e in eqs[d].values()),
+                    transmit=lambda a: ctx.channel(tuned[a]),
+                    receive=lambda a, b: ctx.receiver(tuned[b], eqs.get(b, {}).get(a)))]

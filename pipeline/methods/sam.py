@@ -135,15 +135,20 @@ def variants(ctx: Context, sparsity: float) -> list[Variant]:
         set_sam_enabled(model, True)
         return ctx.self_link(model)
 
-    def pair(a, b):
-        # A's Tx and B's Rx each switch their own SAM off: both compute with W0.
-        def decode(x, g):
+    # A's Tx and B's Rx each switch their own SAM off: both compute with W0.
+    def transmit(a):
+        def encode(x, g):
             install_sam(model, states[a])
             set_sam_enabled(model, False)
-            y = awgn(model.transmit(x), ctx.snr_db, g)
+            return awgn(model.transmit(x), ctx.snr_db, g)
+        return encode
+
+    def receive(a, b):
+        def decode(y):
             install_sam(model, states[b])
             set_sam_enabled(model, False)
             return model.decoder(y)
         return decode
 
-    return [Variant(NAME, sparsity, local, pair, lambda d: sam_path(ctx, d, sparsity).stat().st_size)]
+    return [Variant(NAME, sparsity, local, None, lambda d: sam_path(ctx, d, sparsity).stat().st_size,
+                    transmit=transmit, receive=receive)]

@@ -78,10 +78,10 @@ def variants(ctx: Context, sparsity: None) -> list[Variant]:
     tuned, retuned, base = tuned_models(ctx), tuned_models(ctx, retuned=True), ctx.pretrained()
     nbytes = copy_bytes(base)
     return [
-        Variant("tuning_retune", None, lambda d: ctx.self_link(retuned[d]),
-                lambda a, b: ctx.link(retuned[a], retuned[b]), lambda d: 0),
-        Variant("tuning_copy", None, lambda d: ctx.self_link(tuned[d]),
-                lambda a, b: ctx.link(base, base), lambda d: nbytes),
-        Variant("no_alignment", None, lambda d: ctx.self_link(tuned[d]),
-                lambda a, b: ctx.link(tuned[a], tuned[b]), lambda d: 0),
+        Variant("tuning_retune", None, lambda d: ctx.self_link(retuned[d]), None, lambda d: 0,
+                transmit=lambda a: ctx.channel(retuned[a]), receive=lambda a, b: ctx.receiver(retuned[b])),
+        Variant("tuning_copy", None, lambda d: ctx.self_link(tuned[d]), None, lambda d: nbytes,
+                transmit=lambda a: ctx.channel(base), receive=lambda a, b: ctx.receiver(base)),
+        Variant("no_alignment", None, lambda d: ctx.self_link(tuned[d]), None, lambda d: 0,
+                transmit=lambda a: ctx.channel(tuned[a]), receive=lambda a, b: ctx.receiver(tuned[b])),
     ]

@@ -67,10 +67,9 @@ def network(ctx: Context) -> pd.DataFrame:
     base_test = ctx.split("base_test")
     rows = []
     for v in all_variants(ctx):
-        for a in agents:
-            for b in agents:
-                rows.append({"method": v.method, "sparsity": v.sparsity, "tx": a, "rx": b,
-                             "pair_psnr": ctx.psnr(v.pair(a, b), base_test)})
+        found = ctx.pair_psnrs(v, [(a, b) for a in agents for b in agents], base_test)
+        rows += [{"method": v.method, "sparsity": v.sparsity, "tx": a, "rx": b, "pair_psnr": psnr}
+                 for (a, b), psnr in found.items()]
     return pd.DataFrame(rows)
 
 
@@ -180,8 +179,8 @@ def _snr(ctx: Context) -> tuple[pd.DataFrame, str, object]:
         top = max(c.params.adapt.sparsities)
         for v in (v for v in all_variants(c) if v.method != "sam" or v.sparsity == top):
             local = statistics.fmean(c.psnr(v.local(d), c.split(f"{d}_test")) for d in c.params.domains.names)
-            mis = statistics.fmean(misalignment(ref, c.psnr(v.pair(a, b), c.split("base_test")))
-                                   for a, b in ordered_pairs(list(c.params.domains.names)))
+            pairs = c.pair_psnrs(v, ordered_pairs(list(c.params.domains.names)), c.split("base_test"))
+            mis = statistics.fmean(misalignment(ref, psnr) for psnr in pairs.values())
             rows.append({"snr_db": snr, "method": v.method if v.sparsity is None else f"{v.method} γ={v.sparsity:g}",
                          "domain_psnr": local, "misalignment": mis})
     df = pd.DataFrame(rows)

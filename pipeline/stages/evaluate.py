@@ -33,7 +33,8 @@ def recon_path(params: Params):
 def all_variants(ctx: Context) -> list[Variant]:
     """The pretrained reference, then every method's variants at every sparsity it uses."""
     pre = ctx.pretrained()
-    out = [Variant("pretrained", None, lambda d: ctx.self_link(pre), lambda a, b: ctx.link(pre, pre), lambda d: 0)]
+    out = [Variant("pretrained", None, lambda d: ctx.self_link(pre), None, lambda d: 0,
+                   transmit=lambda a: ctx.channel(pre), receive=lambda a, b: ctx.receiver(pre))]
     for name, module in sorted(registry().items()):
         for s in (ctx.params.adapt.sparsities if module.USES_SPARSITY else (None,)):
             out += module.variants(ctx, s)
@@ -51,8 +52,7 @@ def measure(ctx: Context, variant: Variant, reference: float, base_bytes: int) -
 
     for d in names:
         row("domain_psnr", ctx.psnr(variant.local(d), ctx.split(f"{d}_test")), "dB", domain=d, tx=d, rx=d)
-    for a, b in ordered_pairs(names):
-        pair = ctx.psnr(variant.pair(a, b), base_test)
+    for (a, b), pair in ctx.pair_psnrs(variant, ordered_pairs(names), base_test).items():
         row("pair_psnr", pair, "dB", domain="base", tx=a, rx=b)
         row("misalignment", misalignment(reference, pair), "dB", domain="base", tx=a, rx=b)
     for d in names:
