@@ -327,3 +327,14 @@ def test_network_view_sam_links_equal_the_pretrained_link(adapted):
     # and the network view does see the misalignment of the unaligned tuned agents
     raw = df[df.method == "no_alignment"].set_index(["tx", "rx"]).pair_psnr
     assert all(raw[(x, y)] != reference for x, y in ordered_pairs(DOMAINS))
+
+
+def test_ablation_finding_names_a_tie_instead_of_a_zero_margin():
+    import pandas as pd
+
+    from pipeline.stages.ablate import _best
+    assert _best(pd.Series({"linear": 24.301, "uniform": 24.104, "product": 24.104})) == \
+        "best: linear (+0.20 dB over the runner-up)"
+    assert _best(pd.Series({"linear": 24.101, "uniform": 24.104, "product": 24.104})) == \
+        "tie at 24.10 dB between linear, uniform, product"
+    assert _best(pd.Series({"score": 23.0, "random": 23.5, "fisher": 23.502})) == "tie at 23.50 dB between random, fisher"

@@ -151,10 +151,8 @@ def study(ctx: Context, name: str) -> tuple[pd.DataFrame, str, object]:
                    + f" (pretrained {statistics.fmean(pretrained.values()):.2f} dB).")
         fig = _plot(df, "sparsity", "domain_psnr", "domain", "Domain PSNR vs sparsity (widened range)", logx=True)
     else:
-        best = means.idxmax()
         finding = (f"At γ={a.sparsity:g} on {', '.join(a.domains)}, mean domain PSNR by {key}: "
-                   + "; ".join(f"{k}: {v:.2f} dB" for k, v in means.items())
-                   + f"; best: {best} (+{means.max() - means.drop(best).max():.2f} dB over the runner-up).")
+                   + "; ".join(f"{k}: {v:.2f} dB" for k, v in means.items()) + "; " + _best(means) + ".")
         if name == "allocation" and layer_budgets(pre, a.sparsity, "uniform") == layer_budgets(pre, a.sparsity, "product"):
             finding += (" uniform and product give identical per-layer budgets for this model (every layer has "
                         "the same kernel size, so d_in·d_out is proportional to the layer size).")
@@ -167,6 +165,16 @@ def study(ctx: Context, name: str) -> tuple[pd.DataFrame, str, object]:
         ax.set_ylabel("domain PSNR gain over pretrained (dB)")
         ax.set_title(f"Ablation: {key} (γ={a.sparsity:g})", fontsize=10)
     return df, finding, fig
+
+
+def _best(means: pd.Series) -> str:
+    """'best: X (+d dB over the runner-up)', or the tie among the leaders at the table's precision."""
+    top = means.max()
+    leaders = [str(k) for k, v in means.items() if round(v, 2) == round(top, 2)]
+    if len(leaders) > 1:
+        return f"tie at {top:.2f} dB between {', '.join(leaders)}"
+    best = means.idxmax()
+    return f"best: {best} (+{top - means.drop(best).max():.2f} dB over the runner-up)"
 
 
 def _snr(ctx: Context) -> tuple[pd.DataFrame, str, object]:
