@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .storage import write_atomic
+from .storage import write_text
 
 GUARANTEE, FINDING = "guarantee", "finding"
 PASS, FAIL = "PASS", "FAIL"
@@ -208,11 +208,6 @@ def failed_guarantees(entries: list[dict]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- files
-def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (readers never see half a file); shared with the report stage."""
-    write_atomic(path, text.encode())
-
-
 def provenance_line(prov: dict) -> str:
     return (f"Profile `{prov['profile']}` · data source `{prov['data_source']}` · git commit "
             f"`{prov['git_commit']}` · MLflow run `{prov['mlflow_run_id']}`")

@@ -147,8 +147,11 @@ class Evaluate(_Block):
     reconstructions: Annotated[int, Field(ge=1, le=16)]
 
 
+STUDIES = ("allocation", "mask", "sparsity", "snr")  # every ablation study (stage ``ablate``)
+
+
 class Ablate(_Block):
-    studies: tuple[Literal["allocation", "mask", "sparsity", "snr"], ...] = Field(min_length=1)
+    studies: tuple[Literal[STUDIES], ...] = Field(description="the ablate matrix; empty: no ablations")
     domains: tuple[Literal["VA", "VP", "VC", "VH"], ...] = Field(min_length=1)
     sparsity: Annotated[float, Field(gt=0, le=1)] = Field(description="sparsity of the allocation and mask studies")
     sparsities: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(min_length=3)

@@ -1,4 +1,4 @@
-"""Switch profiles: ``python -m pipeline.profile <quick|ci|paper> [--source builtin|cifar100]``.
+"""Switch profiles: ``python -m pipeline.profile <quick|ci|paper> [--source builtin|cifar100] [--ablations]``.
 
 ``profiles/quick.yaml`` is complete; the other profiles are overlays on it. The command writes the
 merged, validated result to ``params.yaml`` (what ``dvc repro`` reads). Nothing is written when the
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from .config import ROOT, ConfigError, parse
+from .config import ROOT, STUDIES, ConfigError, parse
+from .storage import write_atomic
 
 PROFILES = ROOT / "profiles"
-HEADER = ("# Written by `python -m pipeline.profile {profile} --source {source}` from profiles/; "
+HEADER = ("# Written by `python -m pipeline.profile {profile} --source {source}{flags}` from profiles/; "
           "edit profiles/*.yaml, not this file.\n")
 
 
@@ -27,8 +28,9 @@ def merge(base: dict, overlay: dict) -> dict:
     return out
 
 
-def render(profile: str, source: str | None = None) -> dict:
-    """The full params mapping of ``profile`` (validated), optionally with another data source."""
+def render(profile: str, source: str | None = None, ablations: bool = False) -> dict:
+    """The full params mapping of ``profile`` (validated), optionally with another data source and
+    with every ablation study on (``ablate.studies``)."""
     path = PROFILES / f"{profile}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in PROFILES.glob("*.yaml"))
@@ -38,31 +40,34 @@ def render(profile: str, source: str | None = None) -> dict:
         raw = merge(raw, yaml.safe_load(path.read_text()))
     if source:
         raw["data"]["source"] = source
+    if ablations:
+        raw["ablate"]["studies"] = list(STUDIES)
     parse(raw)
     return raw
 
 
-def write(raw: dict, path: Path) -> None:
-    text = HEADER.format(profile=raw["profile"], source=raw["data"]["source"])
+def write(raw: dict, path: Path, flags: str = "") -> None:
+    text = HEADER.format(profile=raw["profile"], source=raw["data"]["source"], flags=flags)
     text += yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=110)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, text.encode())
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("profile")
     ap.add_argument("--source", choices=["builtin", "cifar100"])
+    ap.add_argument("--ablations", action="store_true",
+                    help=f"every ablation study on ({', '.join(STUDIES)}); the quick profile has none by default")
     ap.add_argument("--out", type=Path, default=ROOT / "params.yaml")
     args = ap.parse_args(argv)
     try:
-        raw = render(args.profile, args.source)
+        raw = render(args.profile, args.source, args.ablations)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    write(raw, args.out)
-    print(f"{args.out.name}: profile {raw['profile']}, source {raw['data']['source']}")
+    write(raw, args.out, " --ablations" if args.ablations else "")
+    studies = ", ".join(raw["ablate"]["studies"]) or "none"
+    print(f"{args.out.name}: profile {raw['profile']}, source {raw['data']['source']}, ablations: {studies}")
     return 0
 
 

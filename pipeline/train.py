@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .config import ROOT, InputError, Params
 from .metrics import mean_psnr, psnr_per_image
 from .model import SCModel
-from .storage import save_safetensors
+from .storage import save_safetensors, write_atomic_with
 
 CHECKPOINTS = ROOT / ".checkpoints"  # outside every DVC output, so a killed stage can resume
 
@@ -97,10 +97,7 @@ def data_fingerprint(*tensors: torch.Tensor) -> str:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+    write_atomic_with(path, lambda f: torch.save(state, f))  # a kill mid-write keeps the previous one
 
 
 def _load_checkpoint(path: Path, key: str) -> dict | None:

@@ -268,7 +268,7 @@ def test_ablate_mask_study_and_fixed_masks(adapted):
     for d in a.domains:
         assert moved[(d, "random")] == 0.0 and moved[(d, "fisher")] == 0.0  # fixed masks
         assert moved[(d, "score")] > 0  # the score-based mask really moves
-    assert df.domain_psnr.notna().all() and "best:" in finding
+    assert df.domain_psnr.notna().all() and ("best:" in finding or "tie at" in finding)
 
     d, s = a.domains[0], a.sparsity
     pre_fp = base_fingerprint(ctx.pretrained())

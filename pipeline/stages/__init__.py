@@ -5,7 +5,6 @@ Shared here: the error boundary (one line, non-zero exit, nothing written) and a
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -13,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import InputError, Params, load
-from ..storage import write_atomic
+from ..storage import write_atomic, write_atomic_with, write_text  # noqa: F401 - write_text for the stages
 
 EXIT_BAD_INPUT = 2
 
@@ -34,19 +33,13 @@ def write_json(path: Path, obj) -> None:
 
 
 def write_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr, allow_pickle=False)
-    os.replace(tmp, path)
+    write_atomic_with(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
 def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    write_atomic_with(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def provenance(params: Params, run_id: str | None) -> dict:

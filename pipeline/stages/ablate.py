@@ -26,12 +26,9 @@ from ..metrics import misalignment, ordered_pairs
 from ..sam import install_sam, layer_budgets, sam_state
 from ..tracking import Tracker
 from ..train import CHECKPOINTS, setup_runtime
-from . import provenance, run, save_figure
+from . import provenance, run, save_figure, write_text
 from .adapt import metrics_path
 from .evaluate import all_variants
-
-STUDIES = ("allocation", "mask", "sparsity", "snr")
-
 
 def out_dir(params: Params):
     return params.report_dir / "ablations"
@@ -39,12 +36,11 @@ def out_dir(params: Params):
 
 def write_table(df: pd.DataFrame, name: str, params: Params, run_id: str | None, finding: str) -> None:
     folder = out_dir(params)
-    folder.mkdir(parents=True, exist_ok=True)
-    df.to_csv(folder / f"{name}.csv", index=False)
+    write_text(folder / f"{name}.csv", df.to_csv(index=False))
     prov = provenance(params, run_id)
     head = ", ".join(f"{k}: {v}" for k, v in prov.items())
-    (folder / f"{name}.md").write_text(f"<!-- {head} -->\n# {name}\n\n**Finding.** {finding}\n\n"
-                                       f"{df.to_markdown(index=False, floatfmt='.3f')}\n")
+    write_text(folder / f"{name}.md", f"<!-- {head} -->\n# {name}\n\n**Finding.** {finding}\n\n"
+                                      f"{df.to_markdown(index=False, floatfmt='.3f')}\n")
 
 
 def _plot(df: pd.DataFrame, x: str, y: str, hue: str, title: str, logx: bool = False):
@@ -93,7 +89,7 @@ def network_main(params: Params) -> None:
                    f"adapted agents lose {summary.set_index('method').loc['no_alignment', 'mean_loss']:.2f} dB "
                    "on average.")
         write_table(summary, "network", params, tracker.run_id, finding)
-        df.to_csv(out_dir(params) / "network_pairs.csv", index=False)
+        write_text(out_dir(params) / "network_pairs.csv", df.to_csv(index=False))
         labels = [f"{m}" + ("" if pd.isna(s) else f" γ={s:g}") for m, s in
                   df[["method", "sparsity"]].drop_duplicates().itertuples(index=False)]
         fig, axes = plt.subplots(1, len(labels), figsize=(2.6 * len(labels), 2.8), squeeze=False)

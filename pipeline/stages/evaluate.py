@@ -7,6 +7,7 @@ for the report's figure. Every link is evaluated with the same noise realisation
 from __future__ import annotations
 
 import csv
+import io
 import statistics
 
 import numpy as np
@@ -17,7 +18,7 @@ from ..methods import Context, Variant, registry
 from ..metrics import fp32_bytes, memory_cost_pct, misalignment, ordered_pairs
 from ..tracking import Tracker
 from ..train import setup_runtime
-from . import provenance, run, write_json, write_npy
+from . import provenance, run, write_json, write_npy, write_text
 
 FIELDS = ["method", "sparsity", "metric", "domain", "tx", "rx", "value", "unit"]
 
@@ -93,14 +94,11 @@ def reconstructions(ctx: Context, variants: list[Variant], n: int) -> np.ndarray
 
 
 def write_csv(path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows({**r, "value": f"{r['value']:.6f}" if isinstance(r["value"], float) else r["value"]}
-                    for r in rows)
-    tmp.replace(path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=FIELDS)
+    w.writeheader()
+    w.writerows({**r, "value": f"{r['value']:.6f}" if isinstance(r["value"], float) else r["value"]} for r in rows)
+    write_text(path, buf.getvalue())
 
 
 def evaluate_all(ctx: Context) -> tuple[list[dict], float, list[Variant]]:

@@ -24,7 +24,7 @@ from ..config import Params  # noqa: E402
 from ..data import DataError, grid  # noqa: E402
 from ..metrics import ordered_pairs  # noqa: E402
 from ..tracking import Tracker  # noqa: E402
-from . import provenance, run, save_figure  # noqa: E402
+from . import provenance, run, save_figure, write_text  # noqa: E402
 from .adapt import metrics_path  # noqa: E402
 from .evaluate import FIELDS, csv_path, recon_path  # noqa: E402
 
@@ -225,7 +225,7 @@ def write_tables(frames: Frames, folder: Path, header: str) -> list[Path]:
     written = []
     for name, (frame, fmt) in table_specs(frames).items():
         for text, suffix in zip(render_table(flat_table(frame, fmt), fmt, header), (".csv", ".md", ".tex")):
-            claims.write_text(folder / f"{name}{suffix}", text)
+            write_text(folder / f"{name}{suffix}", text)
             written.append(folder / f"{name}{suffix}")
     return written
 
@@ -373,7 +373,7 @@ def main(params: Params) -> None:
         written = write_tables(frames, out / "tables", header)
         written += write_figures(inputs, frames, params, out / "figures")
         for name, frame in plot_data(frames, list(params.domains.names)).items():
-            claims.write_text(out / "plots" / f"{name}.csv", frame.to_csv(index=False))
+            write_text(out / "plots" / f"{name}.csv", frame.to_csv(index=False))
             written.append(out / "plots" / f"{name}.csv")
         written += claims.write_claims(entries, out, prov)
         for path in written:

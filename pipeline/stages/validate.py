@@ -7,13 +7,11 @@ param re-runs only the stages that list that param.
 from __future__ import annotations
 
 from ..config import Params
-from . import run
+from . import run, write_text
 
 
 def main(params: Params) -> None:
-    stamp = params.build_dir / "params.ok"
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text("params.yaml validated\n")
+    write_text(params.build_dir / "params.ok", "params.yaml validated\n")
     print(f"params.yaml is valid: profile {params.profile}, source {params.data.source}")
 
 
