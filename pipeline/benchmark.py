@@ -535,6 +535,17 @@ def _read_runs(db: Path) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
     return runs, tags
 
 
+def _with_siblings(src: Path) -> str:
+    """A stage module's source plus that of the sibling modules it imports from (``network.py`` runs
+    ``ablate.network_main``, which opens the Tracker)."""
+    text = src.read_text()
+    for name in re.findall(r"^from \.(\w+) import", text, flags=re.M):
+        sibling = src.with_name(f"{name}.py")
+        if sibling.is_file():
+            text += sibling.read_text()
+    return text
+
+
 def expected_cells(raw: dict, dvc_yaml: Path) -> tuple[list[str], list[str]]:
     """(tracked, untracked): the MLflow child-run names the pipeline's stages would have for params
     ``raw`` (a stage, or ``stage[cell]`` for a matrix stage: values joined by '-', floats as in
@@ -559,7 +570,7 @@ def expected_cells(raw: dict, dvc_yaml: Path) -> tuple[list[str], list[str]]:
     for stage, spec in stages.items():
         cmd = re.search(r"-m\s+([\w.]+)", str(spec.get("cmd", ""))) if isinstance(spec, dict) else None
         src = dvc_yaml.parent / (cmd.group(1).replace(".", "/") + ".py") if cmd else None
-        if src is not None and src.is_file() and "Tracker(" not in src.read_text():
+        if src is not None and src.is_file() and "Tracker(" not in _with_siblings(src):
             untracked.append(stage)
             continue
         if isinstance(spec, dict) and "matrix" in spec:

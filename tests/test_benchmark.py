@@ -134,6 +134,8 @@ def test_expected_cells_of_the_real_dvc_yaml(tiny_params):
         for g in tiny_params["adapt"]["sparsities"]:
             assert f"adapt_sam[{d}-{g:g}]" in cells
     assert not set(cells) & set(untracked)
+    assert untracked == ["validate"]  # the only stage without an MLflow run
+    assert "network" in cells  # tracked through ablate.network_main
 
 
 def test_mlflow_history_reads_the_latest_quick_execution(tmp_path, mlflow_template):
