@@ -42,6 +42,8 @@ def test_quick_measurements_are_finite_positive_and_every_row_is_in_the_table(pa
     assert set(step) == {"full_step_s"} | {f"{k}@{g:g}" for g in pair for k in ("sam_step_s", "sam_ratio")}
     assert switch["check_rebuilds"] == 0.0 and switch["check_outputs_correct"] == 1.0  # no rebuild, outputs right
     assert storage["kept@0.01"] > storage["kept@0.0003"] >= 1
+    for g in sp:  # the header is parsed from the file: a JSON table, well inside the file
+        assert 8 < storage[f"header@{g:g}"] < storage[f"bytes@{g:g}"]
     assert pretrain["images"] == s.n_images
     assert not list(tmp_path.glob("pretrain-*.pt"))  # fit's checkpoints are cleaned up
 
@@ -56,6 +58,25 @@ def test_quick_measurements_are_finite_positive_and_every_row_is_in_the_table(pa
     for r in rows:
         assert sum(line.startswith(f"| {bm._cell(r.name)} |") for line in table) == 1, r.name
     assert "**torch**: " + torch.__version__ in text and "**cpu**: " in text and "**date**: " in text
+
+
+def test_storage_rows_judge_the_data_and_the_header_separately(tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / "x.safetensors"
+    save_file({"v": torch.zeros(10, dtype=torch.float16)}, str(path), metadata={"k": "v" * 50})
+    header = bm.safetensors_header_bytes(path)
+    assert header + 20 == path.stat().st_size  # 10 fp16 values after the header
+    (tmp_path / "short").write_bytes(b"abc")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        bm.safetensors_header_bytes(tmp_path / "short")
+
+    def status(bytes_, header):
+        r = {"base_fp32_bytes": 100_000.0, "bytes@0.01": bytes_, "header@0.01": header, "kept@0.01": 1.0,
+             "pct@0.01": 0.5}
+        return bm.rows_storage(r, [0.01])[0]
+    assert status(1000.0 + 1000, 1000).status == "PASS" and status(1000.0 + 1000, 1000).ratio == "1.000"
+    assert status(1000.0 + 1001, 1000).status == "FAIL"  # data over gamma * 4N
+    assert status(5000.0 + 500, 5000).status == "FAIL"  # header over the allowance
 
 
 def test_interleaved_rotates_order_and_times_every_block():
