@@ -30,11 +30,18 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
 
 
-def git_commit() -> str:
-    """HEAD's hash, with ``-dirty`` when tracked files differ from it; ``unknown`` outside git."""
+# What the pipeline itself writes into the tree: a run rewriting them (or an earlier run's fresh,
+# uncommitted outputs) does not change the code and params that produced the run.
+OUTPUTS = ("reports", "dvc.lock")
+
+
+def git_commit(root: Path = ROOT) -> str:
+    """HEAD's hash, with ``-dirty`` when a tracked input (code, params, dvc.yaml: every tracked file
+    but the pipeline's own ``OUTPUTS``) differs from it; ``unknown`` outside git."""
+    inputs = ["--", ".", *(f":(exclude){p}" for p in OUTPUTS)]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", *inputs], cwd=root,
                                capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

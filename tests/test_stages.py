@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -375,3 +376,22 @@ def test_stage_commands_in_a_copied_tree(tmp_path, tiny_params):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (root / "build" / "builtin-quick" / "params.ok").is_file()
+
+
+def test_git_commit_is_dirty_for_changed_inputs_not_for_the_pipelines_outputs(tmp_path):
+    assert tracking.git_commit(tmp_path) == "unknown"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "commit.gpgsign=false"]
+    (tmp_path / "reports" / "x").mkdir(parents=True)
+    for name in ("params.yaml", "dvc.lock", "reports/x/claims.md"):
+        (tmp_path / name).write_text("v1\n")
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "c"]):
+        subprocess.run(git + cmd, cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert tracking.git_commit(tmp_path) == head
+    (tmp_path / "dvc.lock").write_text("v2\n")            # a run rewrites its own outputs
+    (tmp_path / "reports" / "x" / "claims.md").write_text("v2\n")
+    (tmp_path / "untracked.txt").write_text("scratch\n")
+    assert tracking.git_commit(tmp_path) == head
+    (tmp_path / "params.yaml").write_text("v2\n")         # an input differs from the commit
+    assert tracking.git_commit(tmp_path) == head + "-dirty"
