@@ -316,3 +316,15 @@ def test_incomplete_or_stale_tables_are_refused(tiny_params, tmp_path):
     stale = pd.concat([full, tidy(params.domains.names, [0.5]).query("method == 'sam'")])
     with pytest.raises(DataError, match=r"sparsities \[0.5\]"):
         report.check_complete(through_csv(stale, tmp_path), params, tmp_path)
+
+
+def test_misalignment_figure_is_the_same_bytes_for_the_same_numbers(df, tmp_path):
+    """Its strip plot jitters with numpy's global generator: seeded for the figure, left as it was."""
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for i, path in enumerate(paths):
+        np.random.seed(i)  # another global state before each drawing
+        before = np.random.get_state()
+        report.save_figure(report.fig_misalignment(frames(df), df, REFERENCE), path)
+        after = np.random.get_state()
+        assert np.array_equal(after[1], before[1]) and after[2:] == before[2:]
+    assert paths[0].read_bytes() == paths[1].read_bytes()

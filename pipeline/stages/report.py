@@ -8,6 +8,7 @@ pivoted frames (``summarise``). Every input is read and checked before anything 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,6 +272,18 @@ def fig_psnr_vs_sparsity(frames: Frames, domains: list[str]):
     return fig
 
 
+@contextlib.contextmanager
+def seeded_numpy(seed: int = 0):
+    """seaborn's stripplot jitters its points with numpy's global generator: seed it, so the same numbers
+    draw the same PNG bytes, and give the global state back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def fig_misalignment(frames: Frames, tidy: pd.DataFrame, reference: float):
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -278,8 +291,9 @@ def fig_misalignment(frames: Frames, tidy: pd.DataFrame, reference: float):
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(labels) + 1.2))
     sns.barplot(x=frames.misalignment["misalignment_mean_db"].to_numpy(), y=labels, order=labels,
                 color="lightsteelblue", label="mean over pairs", ax=ax)
-    sns.stripplot(_metric(tidy, "misalignment"), x="value", y="variant", order=labels, color="k", size=3,
-                  ax=ax, label="one pair A→B")
+    with seeded_numpy():
+        sns.stripplot(_metric(tidy, "misalignment"), x="value", y="variant", order=labels, color="k", size=3,
+                      ax=ax, label="one pair A→B")
     ax.bar_label(ax.containers[0], fmt="%.2f", fontsize=7, padding=3)
     ax.axvline(0, color="k", lw=0.8)
     handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
