@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -20,6 +19,8 @@ from safetensors.torch import load_file
 from pipeline.methods import BASE_AGENT, CELL_KEYS, Context, Variant
 from pipeline.metrics import ordered_pairs
 from pipeline.stages import adapt, pretrain
+
+from .conftest import adapt_every_cell
 
 DOMAINS = ["VA", "VH"]
 SPARSITIES = [0.01, 0.1]
@@ -53,20 +54,7 @@ def adapted(prepared, _build_cache):
     raw["tuning"]["lr"] = TUNING_LR
     raw["equalizer"]["epochs"] = EQUALIZER_EPOCHS
     prepared.write_params(raw)
-    params = prepared.params
-    if _build_cache["ready"]:
-        shutil.copytree(_build_cache["dir"], prepared.root / "build", dirs_exist_ok=True)
-        return prepared
-    pretrain.main(params)
-    for d in DOMAINS:
-        for s in SPARSITIES:
-            adapt.main(params, ["--method", "sam", "--domain", d, "--sparsity", str(s)])
-        adapt.main(params, ["--method", "tuning", "--domain", d])
-    for d in DOMAINS:  # equalizers need every domain's tuned agent
-        adapt.main(params, ["--method", "equalizer", "--domain", d])
-    shutil.copytree(prepared.root / "build", _build_cache["dir"])
-    _build_cache["ready"] = True
-    return prepared
+    return adapt_every_cell(prepared, _build_cache)
 
 
 def context(params, **kw) -> Context:

@@ -32,7 +32,7 @@ from pipeline import data, profile
 from pipeline.sam import SAMFileError
 from pipeline.stages import run
 
-from .conftest import REPO, _pipeline_modules
+from .conftest import REPO, _pipeline_modules, adapt_every_cell
 
 # Import every pipeline module now, before any `project` fixture runs: that fixture patches
 # pipeline.config.ROOT first and then walks the package; a module imported for the first time during
@@ -263,25 +263,12 @@ def _adapted_build(tmp_path_factory):
 @pytest.fixture
 def adapted(prepared, _adapted_build):
     """The isolated project with two domains, pretrained, and every method's cells adapted."""
-    from pipeline.stages import adapt, pretrain
     raw = prepared.raw
     raw["domains"]["names"] = ["VA", "VH"]
     raw["adapt"]["sparsities"] = [SAM_SPARSITY]
     raw["ablate"]["domains"] = ["VH"]
     prepared.write_params(raw)
-    params = prepared.params
-    if _adapted_build["ready"]:
-        shutil.copytree(_adapted_build["dir"], prepared.root / "build", dirs_exist_ok=True)
-        return prepared
-    pretrain.main(params)
-    for d in params.domains.names:
-        adapt.main(params, ["--method", "sam", "--domain", d, "--sparsity", str(SAM_SPARSITY)])
-        adapt.main(params, ["--method", "tuning", "--domain", d])
-    for d in params.domains.names:
-        adapt.main(params, ["--method", "equalizer", "--domain", d])
-    shutil.copytree(prepared.root / "build", _adapted_build["dir"])
-    _adapted_build["ready"] = True
-    return prepared
+    return adapt_every_cell(prepared, _adapted_build)
 
 
 def _sam_for_another_base(params, path: Path) -> None:
