@@ -35,9 +35,11 @@ def tracking_uri() -> str:
 OUTPUTS = ("reports", "dvc.lock")
 
 
-def git_commit(root: Path = ROOT) -> str:
-    """HEAD's hash, with ``-dirty`` when a tracked input (code, params, dvc.yaml: every tracked file
-    but the pipeline's own ``OUTPUTS``) differs from it; ``unknown`` outside git."""
+def git_commit(root: Path | None = None) -> str:
+    """HEAD's hash of ``root`` (default: the module's ``ROOT``, read at call time), with ``-dirty`` when
+    a tracked input (code, params, dvc.yaml: every tracked file but the pipeline's own ``OUTPUTS``)
+    differs from it; ``unknown`` outside git."""
+    root = ROOT if root is None else root
     inputs = ["--", ".", *(f":(exclude){p}" for p in OUTPUTS)]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)

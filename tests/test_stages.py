@@ -395,3 +395,8 @@ def test_git_commit_is_dirty_for_changed_inputs_not_for_the_pipelines_outputs(tm
     assert tracking.git_commit(tmp_path) == head
     (tmp_path / "params.yaml").write_text("v2\n")         # an input differs from the commit
     assert tracking.git_commit(tmp_path) == head + "-dirty"
+
+
+def test_git_commit_follows_the_project_root(project):
+    """Stages in the isolated project (no git there) must not report the repository's commit."""
+    assert tracking.git_commit() == "unknown"
