@@ -54,7 +54,9 @@ import torch
 from torch import nn
 
 from . import config, profile
-from .config import ROOT, Params
+from .config import Params
+from .paths import REPO as ROOT
+from .paths import Paths
 from .sam import (attach_sam, base_fingerprint, install_sam, memory_cost, sam_layers, sam_parameters, sam_state,
                   save_sam, set_sam_enabled)
 from .train import build_model, fit
@@ -891,8 +893,9 @@ def main(argv: list[str] | None = None) -> int:
                          "(same-code A/A ratios off by up to 20 %%), one thread keeps them within about 1 %%")
     ap.add_argument("--mlflow-db", type=Path, default=ROOT / "mlflow.db",
                     help="where the last real quick execution is read from")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the project whose params.yaml and MLflow store are used")
     args = ap.parse_args(argv)
-    params = config.load()
+    params = config.load(args.root / "params.yaml")
     s = QUICK if args.quick else FULL
     start = time.perf_counter()
     info = machine_info("cpu")
@@ -932,7 +935,7 @@ def main(argv: list[str] | None = None) -> int:
     info["settings"] = ("--quick" if args.quick else "default") + f": {s}"
     info["wall_time"] = f"{time.perf_counter() - start:.0f} s"
     from .tracking import Tracker, git_commit
-    info["git_commit"] = git_commit()
+    info["git_commit"] = git_commit(ROOT)
     notes = [gpu_note,
              "Switch: `set_sam_enabled` only flips flags; the merged weight W0 + m⊙v is built eagerly by "
              "`install_sam` and cached (rebuilt only if W0 changes). The judged switch time is therefore "
@@ -948,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"written: {args.out}", flush=True)
-    with Tracker(params, "benchmark") as tracker:
+    with Tracker(params, Paths.of(params, args.root), "benchmark") as tracker:
         tracker.set_tags({f"benchmark.{k}": v for k, v in info.items()})
         tracker.log_params({"benchmark.quick": args.quick, "benchmark.scaling": args.scaling})
         metrics: dict[str, float] = {}

@@ -1,8 +1,8 @@
 """The params schema and its loading: the one place that reads ``params.yaml``.
 
 Every key is typed and ranged (pydantic); a wrong value fails with one line naming the key, the
-value and what is allowed, before any stage does work. Paths of every artefact are derived here
-too, so that stages, tests and ``dvc.yaml`` agree on them.
+value and what is allowed, before any stage does work. Paths are derived from the params in
+``pipeline/paths.py``.
 """
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ROOT = Path(__file__).resolve().parent.parent
-DOMAINS = ("VA", "VP", "VC", "VH")
+from .paths import REPO
+
 BUILTIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
                   "retina", "stereo_motorcycle", "china", "flower", "grace_hopper")
-METHODS = ("sam", "tuning", "equalizer")
 
 
 class InputError(ValueError):
@@ -192,20 +191,10 @@ class Params(_Block):
                 raise ValueError(f"{key} must be finite")
         return self
 
-    # ---- derived paths: one definition, mirrored by dvc.yaml (tests/test_config.py checks) ----
     @property
     def run_name(self) -> str:
+        """``<source>-<profile>``: the folder of this run's build and reports (``pipeline/paths.py``)."""
         return f"{self.data.source}-{self.profile}"
-
-    @property
-    def build_dir(self) -> Path:
-        """DVC-cached artefacts of this data source and profile (ignored by git)."""
-        return ROOT / "build" / self.run_name
-
-    @property
-    def report_dir(self) -> Path:
-        """Git-tracked results of this data source and profile."""
-        return ROOT / "reports" / self.run_name
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -249,7 +238,7 @@ def parse(raw: object) -> Params:
 
 def load(path: str | Path | None = None) -> Params:
     """Read and validate ``params.yaml`` (or ``path``)."""
-    path = Path(path) if path else ROOT / "params.yaml"
+    path = Path(path) if path else REPO / "params.yaml"
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:

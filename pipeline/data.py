@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import BUILTIN_PHOTOS, ROOT, Domains, InputError, Params
+from .config import BUILTIN_PHOTOS, Domains, InputError, Params
+from .paths import Paths
 
 THUMB = 32
 
@@ -125,14 +126,10 @@ def _find_cifar(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return None
 
 
-def _resolve(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else ROOT / p
-
-
-def cifar100_pools(params: Params, download_timeout: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-100 train/test images: local copy, else an earlier download, else torchvision's downloader."""
-    local, root = _resolve(params.data.cifar100_local), _resolve(params.data.cifar100_root)
+def cifar100_pools(params: Params, paths: Paths, download_timeout: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-100 train/test images: local copy, else an earlier download, else torchvision's downloader
+    (relative paths in params are taken from the project root)."""
+    local, root = paths.resolve(params.data.cifar100_local), paths.resolve(params.data.cifar100_root)
     for folder in (local, root):
         found = _find_cifar(folder)
         if found is not None:
@@ -209,14 +206,14 @@ def split_names(params: Params) -> list[str]:
     return ["base_train", "base_test"] + [f"{d}_{s}" for d in params.domains.names for s in ("train", "test")]
 
 
-def build_splits(params: Params) -> dict[str, np.ndarray]:
+def build_splits(params: Params, paths: Paths) -> dict[str, np.ndarray]:
     """Base and domain splits from disjoint base images: pretraining, each domain's train and test."""
     k, dom = len(params.domains.names), params.domains
     n_train, n_test = params.data.n_pretrain + k * dom.n_train, params.data.n_base_test + k * dom.n_test
     if params.data.source == "builtin":
         train, test = builtin_pools(params, n_train, n_test)
     else:
-        train, test = cifar100_pools(params)
+        train, test = cifar100_pools(params, paths)
     for pool, need, what in ((train, n_train, "train"), (test, n_test, "test")):
         if len(pool) < need:
             raise DataError(f"{params.data.source}: the {what} pool has {len(pool)} images, the params need {need} "

@@ -87,12 +87,3 @@ class SCModel(nn.Module):
                 snr_db: float | None = None) -> torch.Tensor:
         y = awgn(self.transmit(x), self.snr_db if snr_db is None else snr_db, generator)
         return self.decoder(y)
-
-
-def link(tx: SCModel, rx: SCModel, x: torch.Tensor, snr_db: float,
-         generator: torch.Generator | None = None, equalizer: nn.Module | None = None) -> torch.Tensor:
-    """Agent ``tx``'s encoder talks to agent ``rx``'s decoder (optionally through an Rx-side equalizer)."""
-    y = awgn(tx.transmit(x), snr_db, generator)
-    if equalizer is not None:
-        y = equalizer(y)
-    return rx.decoder(y)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from .config import ROOT, STUDIES, ConfigError, parse
+from .config import STUDIES, ConfigError, parse
+from .paths import REPO
 from .storage import write_atomic
 
-PROFILES = ROOT / "profiles"
+PROFILES = REPO / "profiles"  # definitions that ship with the code, like pipeline/ itself
 HEADER = ("# Written by `python -m pipeline.profile {profile} --source {source}{flags}` from profiles/; "
           "edit profiles/*.yaml, not this file.\n")
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", choices=["builtin", "cifar100"])
     ap.add_argument("--ablations", action="store_true",
                     help=f"every ablation study on ({', '.join(STUDIES)}); the quick profile has none by default")
-    ap.add_argument("--out", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--out", type=Path, default=REPO / "params.yaml")
     args = ap.parse_args(argv)
     try:
         raw = render(args.profile, args.source, args.ablations)

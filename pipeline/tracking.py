@@ -17,7 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from .config import ROOT, Params, flat_params
+from .config import Params, flat_params
+from .paths import Paths
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network calls from this offline tool
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -26,8 +27,8 @@ EXPERIMENT = "zfda-bench"
 TAG_EXECUTION = "zfda.execution"
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+def tracking_uri(paths: Paths) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db}"
 
 
 # What the pipeline itself writes into the tree: a run rewriting them (or an earlier run's fresh,
@@ -35,11 +36,10 @@ def tracking_uri() -> str:
 OUTPUTS = ("reports", "dvc.lock")
 
 
-def git_commit(root: Path | None = None) -> str:
-    """HEAD's hash of ``root`` (default: the module's ``ROOT``, read at call time), with ``-dirty`` when
-    a tracked input (code, params, dvc.yaml: every tracked file but the pipeline's own ``OUTPUTS``)
-    differs from it; ``unknown`` outside git."""
-    root = ROOT if root is None else root
+def git_commit(root: Path) -> str:
+    """HEAD's hash of the project at ``root``, with ``-dirty`` when a tracked input (code, params,
+    dvc.yaml: every tracked file but the pipeline's own ``OUTPUTS``) differs from it; ``unknown``
+    outside git."""
     inputs = ["--", ".", *(f":(exclude){p}" for p in OUTPUTS)]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
@@ -78,8 +78,8 @@ class Tracker:
     Reading ``run_id`` waits for the run to exist (``None`` when tracking failed).
     """
 
-    def __init__(self, params: Params, stage: str, cell: str | None = None):
-        self.params, self.stage, self.cell = params, stage, cell
+    def __init__(self, params: Params, paths: Paths, stage: str, cell: str | None = None):
+        self.params, self.paths, self.stage, self.cell = params, paths, stage, cell
         self.enabled = True
         self._run_id: str | None = None
         self._parent_id: str | None = None
@@ -129,21 +129,21 @@ class Tracker:
         name = f"{self.params.run_name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         run = client.create_run(experiment_id, run_name=name, tags={
             TAG_EXECUTION: key, "profile": self.params.profile, "data.source": self.params.data.source,
-            "git.commit": git_commit()})
+            "git.commit": git_commit(self.paths.root)})
         return run.info.run_id
 
     def _start(self, start_ms: int) -> None:
         from mlflow.tracking import MlflowClient
         from mlflow.tracking.context.registry import resolve_tags
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-        client = MlflowClient(tracking_uri=tracking_uri())
+        client = MlflowClient(tracking_uri=tracking_uri(self.paths))
         exp = client.get_experiment_by_name(EXPERIMENT)
         experiment_id = exp.experiment_id if exp else client.create_experiment(
-            EXPERIMENT, artifact_location=(ROOT / "mlartifacts").as_uri())
+            EXPERIMENT, artifact_location=self.paths.mlartifacts.as_uri())
         parent = self._parent(client, experiment_id)
         name = self.stage if self.cell is None else f"{self.stage}[{self.cell}]"
         tags = resolve_tags({"stage": self.stage, "cell": self.cell or "", "profile": self.params.profile,
-                             "data.source": self.params.data.source, "git.commit": git_commit(),
+                             "data.source": self.params.data.source, "git.commit": git_commit(self.paths.root),
                              MLFLOW_PARENT_RUN_ID: parent})
         run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name)
         self._client, self._parent_id, self._run_id = client, parent, run.info.run_id

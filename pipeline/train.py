@@ -19,12 +19,10 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ROOT, InputError, Params
+from .config import InputError, Params
 from .metrics import mean_psnr, psnr_per_image
 from .model import SCModel
 from .storage import save_safetensors, write_atomic_with
-
-CHECKPOINTS = ROOT / ".checkpoints"  # outside every DVC output, so a killed stage can resume
 
 
 class ModelFileError(InputError):

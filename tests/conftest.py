@@ -1,16 +1,12 @@
 """Shared fixtures: the real quick profile shrunk for speed, and an isolated project root.
 
-``pipeline.config.ROOT`` is a module constant that several modules import by name (and derive
-other constants from, e.g. ``pipeline.train.CHECKPOINTS``, re-imported by
-``pipeline.stages.pretrain``). The ``project`` fixture rebases every such module-level path into
-``tmp_path``, so stage tests never touch the repository's build/, reports/, .checkpoints/ or
-mlflow.db.
+Every path the pipeline touches comes from one ``pipeline.paths.Paths`` object; the ``project``
+fixture builds one on ``tmp_path`` and tests hand it to the stages, so they never touch the
+repository's build/, reports/, .checkpoints/ or mlflow.db (no module global is patched).
 """
 from __future__ import annotations
 
 import copy
-import importlib
-import pkgutil
 import shutil
 import sys
 from pathlib import Path
@@ -18,10 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import pipeline
 from pipeline import config, profile
-
-REPO = config.ROOT
+from pipeline.paths import REPO, Paths
 
 # Shrunken sizes: every stage finishes in about a second on one CPU core.
 TINY = {
@@ -65,7 +59,8 @@ def tiny_params() -> dict:
 def tiny_splits() -> dict:
     """``build_splits`` of the tiny params, computed once (read-only: copy before changing)."""
     from pipeline.data import build_splits
-    return build_splits(make_params(shrink(profile.render("quick"))))
+    params = make_params(shrink(profile.render("quick")))
+    return build_splits(params, Paths.of(params))  # builtin photos: no path is read
 
 
 @pytest.fixture(scope="session")
@@ -77,14 +72,6 @@ def mlflow_template(tmp_path_factory) -> Path:
     return path
 
 
-def _pipeline_modules():
-    for info in pkgutil.walk_packages(pipeline.__path__, "pipeline."):
-        try:
-            yield importlib.import_module(info.name)
-        except Exception:  # a module another engineer is still writing: not ours to test here
-            continue
-
-
 class Project:
     def __init__(self, root: Path, raw: dict):
         self.root, self.raw = root, raw
@@ -92,6 +79,10 @@ class Project:
     @property
     def params(self) -> config.Params:
         return make_params(self.raw)
+
+    @property
+    def paths(self) -> Paths:
+        return Paths.of(self.params, self.root)
 
     def write_params(self, raw: dict | None = None) -> None:
         if raw is not None:
@@ -105,22 +96,13 @@ class Project:
 
 @pytest.fixture
 def project(tmp_path, monkeypatch, tiny_params, mlflow_template) -> Project:
-    """An isolated project root in ``tmp_path`` holding the shrunken params.yaml (cwd is there)."""
+    """An isolated project root in ``tmp_path`` holding the shrunken params.yaml (cwd is there);
+    ``project.paths`` points every path of the pipeline into it."""
     root = tmp_path / "project"
     root.mkdir()
     shutil.copytree(REPO / "profiles", root / "profiles")
-    patched = []
-    for module in list(_pipeline_modules()):  # import them all before patching any
-        for name, value in list(vars(module).items()):
-            if isinstance(value, Path) and (value == REPO or REPO in value.parents):
-                monkeypatch.setattr(module, name, root / value.relative_to(REPO))
-                patched.append(f"{module.__name__}.{name}")
-    # The modules the brief names must be among them (a rename would silently leak into the repo).
-    for needed in ("pipeline.config.ROOT", "pipeline.data.ROOT", "pipeline.train.ROOT", "pipeline.train.CHECKPOINTS",
-                   "pipeline.tracking.ROOT", "pipeline.stages.pretrain.CHECKPOINTS", "pipeline.profile.ROOT"):
-        assert needed in patched, f"{needed} not patched"
     shutil.copy(mlflow_template, root / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store is paths.mlflow_db
     monkeypatch.setenv("ZFDA_EXECUTION", f"pytest-{tmp_path.name}")
     monkeypatch.chdir(root)
     proj = Project(root, tiny_params)
@@ -139,9 +121,8 @@ def project(tmp_path, monkeypatch, tiny_params, mlflow_template) -> Project:
 def prepared(project, tiny_splits) -> Project:
     """The isolated project with the domains stage's arrays already in place (tiny params)."""
     from pipeline.stages import write_npy
-    from pipeline.stages.domains import data_dir
     for name, arr in tiny_splits.items():
-        write_npy(data_dir(project.params) / f"{name}.npy", arr)
+        write_npy(project.paths.split(name), arr)
     return project
 
 
@@ -153,14 +134,14 @@ def adapt_every_cell(project: Project, cache: dict) -> Project:
     if cache["ready"]:
         shutil.copytree(cache["dir"], project.root / "build", dirs_exist_ok=True)
         return project
-    params = project.params
-    pretrain.main(params)
+    params, paths = project.params, project.paths
+    pretrain.main(params, paths)
     for d in params.domains.names:
         for s in params.adapt.sparsities:
-            adapt.main(params, ["--method", "sam", "--domain", d, "--sparsity", str(s)])
-        adapt.main(params, ["--method", "tuning", "--domain", d])
+            adapt.main(params, paths, ["--method", "sam", "--domain", d, "--sparsity", str(s)])
+        adapt.main(params, paths, ["--method", "tuning", "--domain", d])
     for d in params.domains.names:
-        adapt.main(params, ["--method", "equalizer", "--domain", d])
+        adapt.main(params, paths, ["--method", "equalizer", "--domain", d])
     shutil.copytree(project.root / "build", cache["dir"])
     cache["ready"] = True
     return project

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-import pipeline.stages.pretrain  # noqa: F401  (imported before `project` patches config.ROOT, see conftest)
 from pipeline import benchmark as bm
 from pipeline import config
+from pipeline.paths import REPO
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_scaling_params_validate_and_have_the_requested_size():
 
 
 def test_expected_cells_of_the_real_dvc_yaml(tiny_params):
-    cells, untracked = bm.expected_cells(tiny_params, config.ROOT / "dvc.yaml")
+    cells, untracked = bm.expected_cells(tiny_params, REPO / "dvc.yaml")
     for d in tiny_params["domains"]["names"]:
         for g in tiny_params["adapt"]["sparsities"]:
             assert f"adapt_sam[{d}-{g:g}]" in cells
@@ -197,11 +197,11 @@ def test_main_quick_writes_the_report_and_logs_to_mlflow(project, monkeypatch):
     monkeypatch.setattr(bm, "QUICK", bm.Settings(repeats=1, inner=1, fast_repeats=1, fast_inner=2, slow_inner=1,
                                                   n_images=16, train_steps=1))
     out = project.root / "reports" / "benchmarks.md"
-    assert bm.main(["--quick", "--out", str(out)]) == 0
+    assert bm.main(["--quick", "--out", str(out), "--root", str(project.root)]) == 0
     text = out.read_text()
     assert "SAM train step / full fine-tuning step" in text and "| Measurement |" in text
     from mlflow.tracking import MlflowClient
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=f"sqlite:///{project.paths.mlflow_db}")
     exp = client.get_experiment_by_name("zfda-bench")
     (run,) = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'benchmark'")
     assert "reload_over_switch" in run.data.metrics and "inference_throughput_ratio" in run.data.metrics

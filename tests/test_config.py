@@ -1,7 +1,6 @@
-"""params schema, profiles, and agreement of dvc.yaml with the paths derived in pipeline/config.py."""
+"""params schema and profiles (dvc.yaml against the code and the paths: tests/test_dvc.py)."""
 from __future__ import annotations
 
-import configparser
 import copy
 import math
 import re
@@ -10,9 +9,8 @@ import pytest
 import yaml
 
 from pipeline import config, profile
-from pipeline.config import BUILTIN_PHOTOS, ROOT, ConfigError, parse
-from pipeline.stages import domains as domains_stage
-from pipeline.stages import pretrain as pretrain_stage
+from pipeline.config import BUILTIN_PHOTOS, ConfigError, parse
+from pipeline.paths import REPO as ROOT
 
 PROFILES = ("quick", "ci", "paper")
 SOURCES = (None, "builtin", "cifar100")
@@ -20,10 +18,6 @@ SOURCES = (None, "builtin", "cifar100")
 
 def quick() -> dict:
     return profile.render("quick")
-
-
-def dvc_stages() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def lookup(raw: dict, dotted: str):
@@ -306,100 +300,3 @@ def test_flat_params_uses_dotted_keys_for_every_leaf():
     assert flat["adapt.score_lr"] == 1.0 and flat["data.source"] == "builtin"
     assert all(not isinstance(v, dict) for v in flat.values())
     assert len(flat) == sum(len(v) if isinstance(v, dict) else 1 for v in quick().values())
-
-
-# ----------------------------------------------------------------------------------------- dvc.yaml
-def substitute(text: str, params: config.Params) -> str:
-    out = text.replace("${data.source}", params.data.source).replace("${profile}", params.profile)
-    assert "${" not in out, f"unresolved interpolation in {text!r}"
-    return out
-
-
-def entries(items) -> list[str]:
-    """Paths of a dvc.yaml outs/deps/metrics/plots list (plain strings or one-key mappings)."""
-    return [next(iter(i)) if isinstance(i, dict) else i for i in items or []]
-
-
-def rel(path) -> str:
-    return path.relative_to(ROOT).as_posix()
-
-
-@pytest.mark.parametrize("name,source", [(p, s) for p in PROFILES for s in ("builtin", "cifar100")])
-def test_dvc_paths_agree_with_params_paths(name, source):
-    params = parse(profile.render(name, source))
-    st = dvc_stages()
-
-    def outs(stage, kind="outs"):
-        return [substitute(p, params) for p in entries(st[stage].get(kind))]
-
-    def deps(stage):  # matrix stages may hold ${item.*} too: only the run-name variables matter here
-        return [p.replace("${data.source}", source).replace("${profile}", name) for p in entries(st[stage].get("deps"))]
-
-    stamp = rel(params.build_dir / "params.ok")
-    assert outs("validate") == [stamp]
-    data = rel(domains_stage.data_dir(params))
-    preview = rel(params.report_dir / "figures" / "domains_preview.png")
-    assert sorted(outs("domains")) == sorted([data, preview])
-    assert outs("pretrain") == [rel(pretrain_stage.model_path(params))]
-    assert outs("pretrain", "metrics") == [rel(params.report_dir / "metrics" / "pretrain.json")]
-    assert outs("pretrain", "plots") == [rel(params.report_dir / "plots" / "pretrain_curve.csv")]
-    for stage in st:
-        if stage != "validate":
-            assert stamp in deps(stage), f"{stage} does not depend on the validate stamp"
-    assert data in deps("pretrain")
-    assert params.build_dir.relative_to(ROOT).parts[0] == "build"
-    assert params.report_dir.relative_to(ROOT).parts[0] == "reports"
-
-
-def test_dvc_params_keys_exist_in_params_yaml():
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    listed = [k for stage in dvc_stages().values() for k in (stage.get("params") or [])]
-    assert listed
-    for key in listed:
-        assert isinstance(key, str), f"params file sections are not used here: {key!r}"
-        lookup(raw, key)
-
-
-def test_validate_stage_lists_every_params_block():
-    """validate guards every stage; it must re-run (and fail) when any block changes."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert set(dvc_stages()["validate"]["params"]) == set(raw)
-
-
-# Stages whose own module is missing from their deps (found by this test; dvc.yaml is not ours to fix).
-@pytest.mark.parametrize("stage", [
-    s for s in dvc_stages()])
-def test_stage_command_module_is_a_dependency(stage):
-    st = dvc_stages()[stage]
-    m = re.fullmatch(r"python -m (pipeline\.stages\.\w+)(\s.*)?", st["cmd"].strip())
-    assert m, st["cmd"]
-    module_file = m.group(1).replace(".", "/") + ".py"
-    assert (ROOT / module_file).is_file()
-    deps = entries(st["deps"])
-    assert module_file in deps
-    module = m.group(1).rsplit(".", 1)[1]
-    assert stage == module or stage.startswith(module + "_")
-
-
-@pytest.mark.parametrize("stage,module", [("domains", "pipeline/data.py"), ("pretrain", "pipeline/model.py"),
-                                          ("pretrain", "pipeline/train.py"), ("validate", "pipeline/config.py")])
-def test_stage_lists_the_code_that_computes_its_outputs(stage, module):
-    assert module in entries(dvc_stages()[stage]["deps"])
-
-
-def test_pretrain_depends_on_the_metric_definitions():
-    assert "pipeline/metrics.py" in entries(dvc_stages()["pretrain"]["deps"])
-
-
-def test_dvc_analytics_are_off():
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / ".dvc" / "config")
-    assert cfg.get("core", "analytics").strip().lower() == "false"
-
-
-def test_tracking_store_is_kept_out_of_dvc_and_git():
-    dvcignore = (ROOT / ".dvcignore").read_text().split()
-    gitignore = (ROOT / ".gitignore").read_text().split()
-    for name in ("mlflow.db", "mlartifacts/", ".checkpoints/"):
-        assert name in dvcignore
-    assert "/mlflow.db" in gitignore and "/.checkpoints/" in gitignore and "/build/" in gitignore

@@ -15,8 +15,9 @@ import torch
 from pipeline import data
 from pipeline.config import BUILTIN_PHOTOS
 from pipeline.data import DataError
+from pipeline.paths import Paths
 
-from .conftest import make_params
+from .conftest import REPO, make_params
 
 DOMAINS = ("VA", "VP", "VC", "VH")
 SHARED_CIFAR = Path("/work/shared/data/cifar100")
@@ -205,7 +206,7 @@ def test_build_splits_uses_disjoint_base_images(monkeypatch, tiny_params):
     monkeypatch.setattr(data, "builtin_pools", pools)
     monkeypatch.setattr(data, "apply_domain", lambda name, images, cfg, seed: images.copy())
     params = make_params(tiny_params)
-    splits = data.build_splits(params)
+    splits = data.build_splits(params, Paths.of(params))
 
     def ids(arr):
         return (arr[:, 0, 0, 0].astype(int) + 256 * arr[:, 0, 0, 1].astype(int)).tolist()
@@ -225,11 +226,11 @@ def test_build_splits_is_deterministic(monkeypatch, tiny_params):
     monkeypatch.setattr(data, "_photo", _noise_photo)
     tiny_params["data"].update(builtin_scales=[1.0], n_pretrain=8, n_base_test=4)
     tiny_params["domains"].update(n_train=4, n_test=2)
-    a = data.build_splits(make_params(tiny_params))
-    b = data.build_splits(make_params(tiny_params))
+    a = data.build_splits(make_params(tiny_params), Paths(REPO, "test"))
+    b = data.build_splits(make_params(tiny_params), Paths(REPO, "test"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
     tiny_params["domains"]["seed"] = 5
-    c = data.build_splits(make_params(tiny_params))
+    c = data.build_splits(make_params(tiny_params), Paths(REPO, "test"))
     assert np.array_equal(a["base_train"], c["base_train"])  # the domain seed only changes the transforms
     assert not np.array_equal(a["VA_train"], c["VA_train"])
 
@@ -298,7 +299,7 @@ def assert_hwc(images: np.ndarray, flat: np.ndarray):
 
 def test_cifar_numpy_layout(tmp_path, tiny_params):
     arrays = write_numpy_layout(tmp_path / "copy")
-    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"))
+    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"), Paths(tmp_path, "test"))
     assert np.array_equal(train, arrays["train_images"]) and np.array_equal(test, arrays["test_images"])
 
 
@@ -307,22 +308,21 @@ def test_cifar_numpy_layout(tmp_path, tiny_params):
 def test_cifar_python_layout_is_read_hwc_pixel_exact(tmp_path, tiny_params, style, nested):
     folder = tmp_path / "copy" / "cifar-100-python" if nested else tmp_path / "copy"
     flat = write_python_layout(folder, style=style)
-    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"))
+    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"), Paths(tmp_path, "test"))
     assert_hwc(train, flat["train"])
     assert_hwc(test, flat["test"])
 
 
 def test_cifar_local_copy_relative_to_the_project_root(tmp_path, monkeypatch, tiny_params):
-    monkeypatch.setattr(data, "ROOT", tmp_path)
     arrays = write_numpy_layout(tmp_path / "shared" / "c100")
-    train, _ = data.cifar100_pools(cifar_params(tiny_params, "shared/c100"))
+    train, _ = data.cifar100_pools(cifar_params(tiny_params, "shared/c100"), Paths(tmp_path, "test"))
     assert np.array_equal(train, arrays["train_images"])
 
 
 def test_cifar_local_copy_wins_over_an_earlier_download(tmp_path, tiny_params):
     local = write_numpy_layout(tmp_path / "local", seed=1)
     write_python_layout(tmp_path / "root" / "cifar-100-python", seed=2)
-    train, _ = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "local", tmp_path / "root"))
+    train, _ = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "local", tmp_path / "root"), Paths(tmp_path, "test"))
     assert np.array_equal(train, local["train_images"])
 
 
@@ -345,7 +345,7 @@ def test_malicious_cifar_pickle_is_refused_and_does_not_run(tmp_path, tiny_param
         with open(folder / split, "wb") as f:
             pickle.dump({"data": _Evil(payload), "fine_labels": [0]}, f)
     with pytest.raises(DataError, match="refusing to unpickle"):
-        data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"))
+        data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"), Paths(tmp_path, "test"))
     assert not marker.exists()
 
 
@@ -370,14 +370,14 @@ def test_offline_without_a_copy_fails_fast_naming_both_remedies(tmp_path, monkey
     before = socket.getdefaulttimeout()
     params = cifar_params(tiny_params, tmp_path / "no-copy", tmp_path / "download")
     with pytest.raises(DataError) as exc:
-        data.cifar100_pools(params)
+        data.cifar100_pools(params, Paths(tmp_path, "test"))
     msg = str(exc.value)
     assert "network" in msg and "cifar100_local" in msg and "\n" not in msg
     assert len(calls) == 1 and Path(calls[0][1]) == tmp_path / "download"
     assert calls[0][2] is not None and calls[0][2] <= 30, "no socket timeout while downloading: offline would hang"
     assert socket.getdefaulttimeout() == before
     with pytest.raises(DataError, match="cifar100_local"):
-        data.build_splits(params)
+        data.build_splits(params, Paths(tmp_path, "test"))
 
 
 def test_download_branch_reads_what_was_downloaded(tmp_path, monkeypatch, tiny_params):
@@ -387,7 +387,7 @@ def test_download_branch_reads_what_was_downloaded(tmp_path, monkeypatch, tiny_p
     def fake_download(url, download_root, *args, **kwargs):
         flat.update(write_python_layout(Path(download_root) / "cifar-100-python", style="py2"))
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
-    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "no-copy", tmp_path / "download"))
+    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "no-copy", tmp_path / "download"), Paths(tmp_path, "test"))
     assert_hwc(train, flat["train"])
     assert_hwc(test, flat["test"])
 
@@ -395,7 +395,7 @@ def test_download_branch_reads_what_was_downloaded(tmp_path, monkeypatch, tiny_p
 def test_cifar_pool_too_small_for_the_params_is_refused(tmp_path, tiny_params):
     write_numpy_layout(tmp_path / "copy", n_train=10, n_test=10)
     with pytest.raises(DataError, match="train pool has 10 images"):
-        data.build_splits(cifar_params(tiny_params, tmp_path / "copy"))
+        data.build_splits(cifar_params(tiny_params, tmp_path / "copy"), Paths(tmp_path, "test"))
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="no shared CIFAR-100 copy on this machine")

@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 
 from pipeline.methods import BASE_AGENT, CELL_KEYS, Context, Variant
 from pipeline.metrics import ordered_pairs
-from pipeline.stages import adapt, pretrain
 
 from .conftest import adapt_every_cell
 
@@ -57,14 +56,14 @@ def adapted(prepared, _build_cache):
     return adapt_every_cell(prepared, _build_cache)
 
 
-def context(params, **kw) -> Context:
+def context(project, **kw) -> Context:
     from pipeline.train import setup_runtime
-    setup_runtime(params)  # what every stage does: 1 thread, deterministic algorithms (restored by `project`)
-    return Context(params, CPU, **kw)
+    setup_runtime(project.params)  # what every stage does: 1 thread, deterministic algorithms (restored by `project`)
+    return Context(project.params, project.paths, CPU, **kw)
 
 
-def cell(params, method: str, domain: str, sparsity: float | None = None) -> dict:
-    return json.loads(adapt.metrics_path(params, method, domain, sparsity).read_text())
+def cell(paths, method: str, domain: str, sparsity: float | None = None) -> dict:
+    return json.loads(paths.cell(method, domain, sparsity).metrics.read_text())
 
 
 def cells(params) -> list[tuple[str, str, float | None]]:
@@ -81,21 +80,21 @@ def state_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def n_parameters(params) -> int:
+def n_parameters(project) -> int:
     from pipeline.train import load_model
-    return sum(p.numel() for p in load_model(params, pretrain.model_path(params)).parameters())
+    return sum(p.numel() for p in load_model(project.params, project.paths.pretrained).parameters())
 
 
 # ----------------------------------------------------------------------------------------- 1. cells
 def test_tuning_changes_the_weights_and_every_cell_has_the_shared_keys(adapted):
     from pipeline.methods.tuning import tuned_path
     params = adapted.params
-    ctx = Context(params, CPU)
+    ctx = Context(params, adapted.paths, CPU)
     for method, d, s in cells(params):
-        result = cell(params, method, d, s)
+        result = cell(adapted.paths, method, d, s)
         assert tuple(result) == CELL_KEYS, (method, d, s)
         assert (result["method"], result["domain"], result["sparsity"]) == (method, d, s)
-    pre = load_file(str(pretrain.model_path(params)))
+    pre = load_file(str(adapted.paths.pretrained))
     for d in DOMAINS:
         tuned = load_file(str(tuned_path(ctx, d)))
         retuned = load_file(str(tuned_path(ctx, d, retuned=True)))
@@ -111,19 +110,19 @@ def test_memory_costs_are_real_byte_counts(adapted):
     from pipeline.methods.equalizer import eq_path
     from pipeline.methods.sam import sam_path
     params = adapted.params
-    ctx = Context(params, CPU)
-    fp32 = 4 * n_parameters(params)
-    full = state_bytes(load_file(str(pretrain.model_path(params))).values())
+    ctx = Context(params, adapted.paths, CPU)
+    fp32 = 4 * n_parameters(adapted)
+    full = state_bytes(load_file(str(adapted.paths.pretrained)).values())
     assert full == fp32  # the SC model has no buffers: its state_dict is its fp32 parameters
     for d in DOMAINS:
         for s in SPARSITIES:
-            sam = cell(params, "sam", d, s)
+            sam = cell(adapted.paths, "sam", d, s)
             assert sam["memory_bytes"] == os.path.getsize(sam_path(ctx, d, s))
             assert sam["memory_cost_pct"] == 100 * sam["memory_bytes"] / fp32
-        tuning = cell(params, "tuning", d)
+        tuning = cell(adapted.paths, "tuning", d)
         assert tuning["memory_bytes"] == full
         assert tuning["memory_cost_pct"] == 100 * full / fp32 == 100.0
-        eq = cell(params, "equalizer", d)
+        eq = cell(adapted.paths, "equalizer", d)
         eq_tensors = load_file(str(eq_path(ctx, d)))
         assert set(k.split(".", 1)[0] for k in eq_tensors) == set(DOMAINS) - {d}  # one per partner
         assert eq["memory_bytes"] == full + state_bytes(eq_tensors.values())
@@ -137,8 +136,7 @@ def test_equalizer_lowers_the_misalignment_it_targets(adapted):
     from pipeline.methods.equalizer import variants as eq_variants
     from pipeline.methods.tuning import tuned_models
     from pipeline.methods.tuning import variants as tuning_variants
-    params = adapted.params
-    ctx = context(params)
+    ctx = context(adapted)
     base_test = ctx.split("base_test")
     tuned = tuned_models(ctx)
     channels = tuned[BASE_AGENT].channels
@@ -165,7 +163,7 @@ def test_fanout_pair_psnrs_equal_one_evaluation_per_pair(adapted):
     """Context.pair_psnrs encodes each Tx once for all its receivers: the numbers must be exactly
     those of one evaluation per pair (same noise), for every method's variants."""
     from pipeline.stages.evaluate import all_variants
-    ctx = context(adapted.params)
+    ctx = context(adapted)
     base_test = ctx.split("base_test")
     agents = [BASE_AGENT, *DOMAINS]
     pairs = [(a, b) for a in agents for b in agents]
@@ -201,9 +199,9 @@ def test_evaluate_end_to_end(adapted, monkeypatch):
         measured.extend(rows)
         real_write(path, rows)
     monkeypatch.setattr(evaluate, "write_csv", write_csv)
-    evaluate.main(params)
+    evaluate.main(params, adapted.paths)
 
-    with open(evaluate.csv_path(params)) as f:
+    with open(adapted.paths.evaluation_csv) as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(measured) > 0
     expected = ([("pretrained", "")] + [("sam", str(s)) for s in SPARSITIES]
@@ -229,13 +227,13 @@ def test_evaluate_end_to_end(adapted, monkeypatch):
             assert value("sam", s, "pair_psnr", tx=a, rx=b) == value("pretrained", "", "pair_psnr", tx=a, rx=b)
         for d in DOMAINS:
             # the stored fp16 SAM, the same noise seed: the cell's number is evaluate's number
-            assert value("sam", s, "domain_psnr", domain=d) == cell(params, "sam", d, s)["domain_psnr"], (s, d)
-            assert value("sam", s, "memory_bytes", domain=d) == cell(params, "sam", d, s)["memory_bytes"]
+            assert value("sam", s, "domain_psnr", domain=d) == cell(adapted.paths, "sam", d, s)["domain_psnr"], (s, d)
+            assert value("sam", s, "memory_bytes", domain=d) == cell(adapted.paths, "sam", d, s)["memory_bytes"]
     assert all(float(r["value"]) == 0.0 for r in table if r["method"] == "sam" and r["metric"] == "misalignment")
     for d in DOMAINS:
-        assert value("no_alignment", "", "domain_psnr", domain=d) == cell(params, "tuning", d)["domain_psnr"]
-        assert value("equalizer", "", "memory_bytes", domain=d) == cell(params, "equalizer", d)["memory_bytes"]
-    summary = json.loads((params.report_dir / "metrics" / "evaluate.json").read_text())
+        assert value("no_alignment", "", "domain_psnr", domain=d) == cell(adapted.paths, "tuning", d)["domain_psnr"]
+        assert value("equalizer", "", "memory_bytes", domain=d) == cell(adapted.paths, "equalizer", d)["memory_bytes"]
+    summary = json.loads(adapted.paths.evaluate_json.read_text())
     for s in SPARSITIES:
         assert summary[f"sam_gamma_{s:g}"]["max_abs_misalignment"] == 0.0
 
@@ -247,7 +245,7 @@ def test_ablate_mask_study_and_fixed_masks(adapted):
     from pipeline.sam import attach_sam, base_fingerprint, sam_layers
     from pipeline.stages.ablate import study
     params = adapted.params
-    ctx = context(params)
+    ctx = context(adapted)
     a = params.ablate
     df, finding, fig = study(ctx, "mask")
     plt.close(fig)
@@ -282,7 +280,7 @@ def test_ablate_snr_study_keeps_sam_aligned(adapted):
     import matplotlib.pyplot as plt
     from pipeline.stages.ablate import study
     params = adapted.params
-    df, finding, fig = study(context(params), "snr")
+    df, finding, fig = study(context(adapted), "snr")
     plt.close(fig)
     assert sorted(set(df.snr_db)) == sorted(params.ablate.snr_db)
     sam = df[df.method.str.startswith("sam")]
@@ -299,8 +297,7 @@ def test_ablate_snr_study_keeps_sam_aligned(adapted):
 # --------------------------------------------------------------------------------------- 6. network
 def test_network_view_sam_links_equal_the_pretrained_link(adapted):
     from pipeline.stages.ablate import network
-    params = adapted.params
-    ctx = context(params)
+    ctx = context(adapted)
     df = network(ctx)
     agents = [BASE_AGENT, *DOMAINS]
     pre = ctx.pretrained()

@@ -1,4 +1,4 @@
-"""The SC system: power normalisation, AWGN channel, encoder/decoder and cross-agent links."""
+"""The SC system: power normalisation, AWGN channel, encoder/decoder (cross-agent links: tests/test_context.py)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.model import IMAGE_SHAPE, LATENT_HW, SCModel, awgn, latent_channels, link, power_normalize
+from pipeline.model import IMAGE_SHAPE, LATENT_HW, SCModel, awgn, latent_channels, power_normalize
 
 
 def gen(seed: int) -> torch.Generator:
@@ -82,36 +82,6 @@ def test_scmodel_noise_depends_on_snr_and_generator():
         assert not torch.equal(model(x, gen(1)), model(x, gen(2)))
         assert not torch.equal(model(x, gen(1)), model(x, gen(1), snr_db=0.0))
         assert torch.equal(model(x, gen(1), snr_db=model.snr_db), model(x, gen(1)))
-
-
-def test_link_to_itself_equals_the_model():
-    torch.manual_seed(0)
-    model = SCModel(width=4, snr_db=7.0).eval()
-    x = images(4)
-    with torch.no_grad():
-        assert torch.equal(link(model, model, x, model.snr_db, gen(9)), model(x, gen(9)))
-
-
-def test_link_uses_tx_encoder_and_rx_decoder():
-    torch.manual_seed(0)
-    a, b = SCModel(width=4).eval(), SCModel(width=4).eval()
-    x = images(2)
-    with torch.no_grad():
-        ab = link(a, b, x, 10.0, gen(3))
-        expected = b.decoder(awgn(a.transmit(x), 10.0, gen(3)))
-        assert torch.equal(ab, expected)
-        assert not torch.equal(ab, link(b, a, x, 10.0, gen(3)))
-        assert not torch.equal(ab, link(a, a, x, 10.0, gen(3)))
-
-
-def test_link_applies_the_equalizer_before_the_decoder():
-    torch.manual_seed(0)
-    a, b = SCModel(width=4).eval(), SCModel(width=4).eval()
-    x = images(2)
-    with torch.no_grad():
-        assert torch.equal(link(a, b, x, 10.0, gen(3), equalizer=nn.Identity()), link(a, b, x, 10.0, gen(3)))
-        scaled = link(a, b, x, 10.0, gen(3), equalizer=lambda y: 2 * y)
-        assert torch.equal(scaled, b.decoder(2 * awgn(a.transmit(x), 10.0, gen(3))))
 
 
 def test_model_trains_end_to_end():

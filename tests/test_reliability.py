@@ -32,13 +32,9 @@ from pipeline import data, profile
 from pipeline.sam import SAMFileError
 from pipeline.stages import run
 
-from .conftest import REPO, _pipeline_modules, adapt_every_cell
+from pipeline.paths import Paths
 
-# Import every pipeline module now, before any `project` fixture runs: that fixture patches
-# pipeline.config.ROOT first and then walks the package; a module imported for the first time during
-# the walk (pipeline.tracking, when nothing imported it yet) copies the already-patched ROOT, is not
-# recognised as pointing into the repository, and the fixture fails ("pipeline.tracking.ROOT not patched").
-PIPELINE_MODULES = list(_pipeline_modules())
+from .conftest import REPO, adapt_every_cell
 
 RUN = "builtin-quick"  # <source>-<profile> of every config used here
 
@@ -110,9 +106,8 @@ LOCK_LIMIT_S = 30.0  # longer than this is a finding: an offline user would thin
 def test_locked_mlflow_db_costs_tracking_not_outputs(project, capsys):
     import mlflow.tracking  # noqa: F401 - imported up front: the clock below measures the lock, not imports
     from pipeline.stages import domains
-    db = project.root / "mlflow.db"
-    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{db}"
-    params = project.params
+    db = project.paths.mlflow_db
+    params, paths = project.params, project.paths
     holder = sqlite3.connect(db, isolation_level=None, timeout=0)
     holder.execute("BEGIN EXCLUSIVE")
     probe = sqlite3.connect(db, timeout=0)
@@ -124,7 +119,7 @@ def test_locked_mlflow_db_costs_tracking_not_outputs(project, capsys):
 
     def stage():
         try:
-            domains.main(params)
+            domains.main(params, paths)
             outcome["done"] = True
         except BaseException as err:  # noqa: BLE001 - reported by the test below
             outcome["error"] = err
@@ -143,11 +138,10 @@ def test_locked_mlflow_db_costs_tracking_not_outputs(project, capsys):
                     f"(finished {time.monotonic() - start:.0f} s after start once the lock was released)")
     assert "error" not in outcome, f"the stage failed instead of going on untracked: {outcome.get('error')!r}"
     assert outcome.get("done")
-    folder = params.build_dir / "data"
     for name in data.split_names(params):
-        assert data.load_images(folder / f"{name}.npy").dtype == np.uint8
-    assert (params.report_dir / "figures" / "domains_preview.png").is_file()
-    manifest = json.loads((folder / "manifest.json").read_text())
+        assert data.load_images(paths.split(name)).dtype == np.uint8
+    assert (paths.figures / "domains_preview.png").is_file()
+    manifest = json.loads(paths.manifest.read_text())
     assert manifest["provenance"]["mlflow_run_id"] == "not tracked"
     err = capsys.readouterr().err
     assert err.count("TRACKING FAILED") == 1 and "locked" in err, err
@@ -181,7 +175,7 @@ def test_offline_cifar100_fails_fast_with_the_real_downloader(tmp_path, monkeypa
     before = socket.getdefaulttimeout()
     start = time.monotonic()
     with pytest.raises(data.DataError) as exc:
-        data.cifar100_pools(params)
+        data.cifar100_pools(params, Paths(tmp_path, "test"))
     elapsed = time.monotonic() - start
     assert elapsed < 5.0, f"offline failure took {elapsed:.1f} s"
     _assert_both_remedies(str(exc.value))
@@ -204,7 +198,7 @@ def test_offline_cifar100_a_server_that_never_answers_times_out(tmp_path, monkey
         params = _cifar_params(tiny_params, tmp_path)
         start = time.monotonic()
         with pytest.raises(data.DataError) as exc:
-            data.cifar100_pools(params, download_timeout=1.0)
+            data.cifar100_pools(params, Paths(tmp_path, "test"), download_timeout=1.0)
         elapsed = time.monotonic() - start
     finally:
         silent.close()
@@ -235,19 +229,18 @@ def _wrong_data(kind: str, good: np.ndarray, path: Path) -> None:
 @pytest.mark.parametrize("kind", ["nchw", "float32", "grey", "empty", "object", "truncated"])
 def test_pretrain_refuses_a_data_file_of_wrong_shape_or_dtype(prepared, capsys, kind, split):
     from pipeline.stages import pretrain
-    from pipeline.train import CHECKPOINTS
-    params = prepared.params
-    path = params.build_dir / "data" / f"{split}.npy"
+    paths = prepared.paths
+    path = paths.split(split)
     _wrong_data(kind, data.load_images(path), path)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        run(pretrain.main)
+        run(pretrain.main, prepared.root)
     assert exc.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and f"{split}.npy" in lines[0], lines
-    assert not pretrain.model_path(params).exists()
-    assert not (params.report_dir / "metrics").exists()
-    assert not (CHECKPOINTS / params.run_name).exists()
+    assert not paths.pretrained.exists()
+    assert not paths.metrics.exists()
+    assert not paths.checkpoints.exists()
 
 
 # ------------------------------------------------------------------------------ bad SAM files
@@ -305,8 +298,8 @@ def test_evaluate_refuses_a_bad_sam_file(adapted, capsys, kind):
     from pipeline.methods import Context
     from pipeline.methods import sam as sam_method
     from pipeline.stages import evaluate
-    params = adapted.params
-    ctx = Context(params, torch.device("cpu"))
+    params, paths = adapted.params, adapted.paths
+    ctx = Context(params, paths, torch.device("cpu"))
     assert len(sam_method.variants(ctx, SAM_SPARSITY)) == 1  # the good files pass
     path = sam_method.sam_path(ctx, "VA", SAM_SPARSITY)
     expected = _spoil(kind, params, path)
@@ -316,12 +309,12 @@ def test_evaluate_refuses_a_bad_sam_file(adapted, capsys, kind):
     # the whole evaluate stage: exit 2, one line, nothing written
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
-        run(evaluate.main)
+        run(evaluate.main, adapted.root)
     assert stop.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
-    assert not evaluate.csv_path(params).exists()
-    assert not (params.report_dir / "metrics" / "evaluate.json").exists()
+    assert not paths.evaluation_csv.exists()
+    assert not paths.evaluate_json.exists()
 
 
 # ------------------------------------------------------------------------------ byte-reproducible files
@@ -368,10 +361,10 @@ def test_a_resumed_run_logs_every_epoch_to_mlflow(prepared, monkeypatch):
 
     monkeypatch.setattr(pretrain, "fit", dying_fit)
     with pytest.raises(_Killed):
-        pretrain.main(params)
+        pretrain.main(params, prepared.paths)
     monkeypatch.setattr(pretrain, "fit", real_fit)
-    pretrain.main(params)  # resumes at epoch 1/2
-    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    pretrain.main(params, prepared.paths)  # resumes at epoch 1/2
+    client = MlflowClient(tracking_uri=f"sqlite:///{prepared.paths.mlflow_db}")
     exp = client.get_experiment_by_name("zfda-bench")
     finished = [r for r in client.search_runs([exp.experiment_id], "tags.stage = 'pretrain'")
                 if r.info.status == "FINISHED"]

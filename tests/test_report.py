@@ -10,11 +10,9 @@ import pandas as pd
 import pytest
 
 from pipeline import claims
-from pipeline.metrics import ordered_pairs
+from pipeline.metrics import FIELDS, ordered_pairs
 from pipeline.stages import EXIT_BAD_INPUT, run, write_json, write_npy
 from pipeline.stages import report
-from pipeline.stages.adapt import metrics_path
-from pipeline.stages.evaluate import FIELDS, csv_path, recon_path
 
 DOMAINS = ["VA", "VP", "VC"]
 GAMMAS = [0.001, 0.01]
@@ -236,17 +234,17 @@ def test_table_text_formats(df):
 
 
 # ----------------------------------------------------------------------------------------- stage
-def write_inputs(params, df: pd.DataFrame) -> None:
+def write_inputs(params, paths, df: pd.DataFrame) -> None:
     """What the evaluate and adapt stages leave for the report, in the isolated project (its own
     domains and sparsities: params blocks of other stages may refer to them)."""
-    csv_path(params).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(csv_path(params), index=False)
-    write_json(csv_path(params).with_name("evaluate.json"), {"reference_psnr": REFERENCE})
+    paths.evaluation_csv.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(paths.evaluation_csv, index=False)
+    write_json(paths.evaluate_json, {"reference_psnr": REFERENCE})
     recon = np.random.default_rng(0).integers(0, 256, (len(params.domains.names), 4, 2, 32, 32, 3), np.uint8)
-    write_npy(recon_path(params), recon)
+    write_npy(paths.reconstructions, recon)
     for g in params.adapt.sparsities:
         for d in params.domains.names:
-            write_json(metrics_path(params, "sam", d, g),
+            write_json(paths.cell("sam", d, g).metrics,
                        {"details": {"kept_per_layer": {"a": 3, "b": 4}, "mask_moved_fraction": 0.5}})
 
 
@@ -260,9 +258,9 @@ REPORT_FILES = ({f"tables/{t}.{ext}" for t in ("main", "domain_psnr", "misalignm
 def test_report_stage_writes_every_file(project, capsys):
     params = project.params
     domains, gammas = list(params.domains.names), list(params.adapt.sparsities)
-    write_inputs(params, tidy(domains, gammas))
-    run(report.main)
-    out = params.report_dir
+    write_inputs(params, project.paths, tidy(domains, gammas))
+    run(report.main, project.root)
+    out = project.paths.reports
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {"metrics/evaluation.csv",
                                                                                         "metrics/evaluate.json"}
     assert written == REPORT_FILES
@@ -276,7 +274,7 @@ def test_report_stage_writes_every_file(project, capsys):
     assert plot[domains[last]].tolist() == pytest.approx([domain_psnr("sam", g, last) for g in sorted(gammas)])
     assert "guarantees all PASS" in capsys.readouterr().out
     import mlflow.tracking
-    client = mlflow.tracking.MlflowClient()
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{project.paths.mlflow_db}")
     logged = {a.path for a in client.list_artifacts(run_id, "figures")}
     assert "figures/pair_matrix.png" in logged
     parent = client.get_run(client.get_run(run_id).data.tags["mlflow.parentRunId"])
@@ -285,20 +283,20 @@ def test_report_stage_writes_every_file(project, capsys):
 
 def test_missing_csv_exits_2_and_writes_nothing(project, capsys):
     with pytest.raises(SystemExit) as exit_:
-        run(report.main)
+        run(report.main, project.root)
     assert exit_.value.code == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "evaluation.csv not found" in err
-    assert not project.params.report_dir.exists()
+    assert not project.paths.reports.exists()
 
 
 def test_csv_lacking_a_method_exits_2_and_writes_nothing(project, capsys):
     params = project.params
     raw = tidy(params.domains.names, params.adapt.sparsities)
-    write_inputs(params, raw[raw["method"] != "equalizer"])
+    write_inputs(params, project.paths, raw[raw["method"] != "equalizer"])
     before = project.files()
     with pytest.raises(SystemExit) as exit_:
-        run(report.main)
+        run(report.main, project.root)
     assert exit_.value.code == EXIT_BAD_INPUT
     assert "lacks domain_psnr of equalizer" in capsys.readouterr().err
     assert project.files() == before

@@ -16,6 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from pipeline import config, data, profile, tracking, train
+from pipeline.paths import Paths
 from pipeline.stages import domains, pretrain, run, validate
 from pipeline.train import ModelFileError, build_model, load_model, save_model
 
@@ -47,25 +48,25 @@ def undeclared(project, before: set[str]) -> list[str]:
                   if not f.startswith(BOOKKEEPING) and not any(f == o or f.startswith(o + "/") for o in outs))
 
 
-def metrics_json(params) -> dict:
-    return json.loads((params.report_dir / "metrics" / "pretrain.json").read_text())
+def metrics_json(paths: Paths) -> dict:
+    return json.loads(paths.pretrain_json.read_text())
 
 
-def psnrs(params) -> dict:
-    return {k: v for k, v in metrics_json(params).items() if k.startswith("psnr_")}
+def psnrs(paths: Paths) -> dict:
+    return {k: v for k, v in metrics_json(paths).items() if k.startswith("psnr_")}
 
 
-def weights(params) -> dict:
-    return load_file(str(pretrain.model_path(params)))
+def weights(paths: Paths) -> dict:
+    return load_file(str(paths.pretrained))
 
 
-def curve(params) -> list[dict]:
-    with open(params.report_dir / "plots" / "pretrain_curve.csv") as f:
+def curve(paths: Paths) -> list[dict]:
+    with open(paths.plots / "pretrain_curve.csv") as f:
         return list(csv.DictReader(f))
 
 
-def checkpoint(params) -> Path:
-    return train.CHECKPOINTS / params.run_name / "pretrain.pt"
+def checkpoint(paths: Paths) -> Path:
+    return paths.checkpoints / "pretrain.pt"
 
 
 def kill_at_epoch(monkeypatch, epoch: int):
@@ -84,26 +85,29 @@ def kill_at_epoch(monkeypatch, epoch: int):
 
 # ---------------------------------------------------------------------------------------- isolation
 def test_project_fixture_isolates_the_repository(project):
-    root = project.root
-    assert Path.cwd() == root
-    assert config.ROOT == root and data.ROOT == root and tracking.ROOT == root
-    assert train.CHECKPOINTS == root / ".checkpoints" and pretrain.CHECKPOINTS == train.CHECKPOINTS
-    params = config.load()
+    """Every path the pipeline derives lies in the project root: one Paths object, no global patched."""
+    root, paths = project.root, project.paths
+    assert Path.cwd() == root and paths.root == root
+    derived = [name for name, attr in vars(Paths).items() if isinstance(attr, property)]
+    assert len(derived) > 15
+    for name in derived:
+        assert root in getattr(paths, name).parents, name
+    cell = paths.cell("sam", "VA", 0.001)
+    for path in (cell.metrics, cell.artifact(), cell.artifact("x"), cell.checkpoint("t"), paths.split("VA_test")):
+        assert root in path.parents
+    params = config.load(paths.params_file)
     assert params.model.width == 4 and params.data.n_pretrain == 64
-    assert root in params.build_dir.parents and root in params.report_dir.parents
-    assert tracking.tracking_uri() == f"sqlite:///{root / 'mlflow.db'}"
-    assert profile.main(["ci"]) == 0  # the profile command's default --out follows ROOT too
-    assert config.load().profile == "ci"
+    assert tracking.tracking_uri(paths) == f"sqlite:///{root / 'mlflow.db'}"
 
 
 # ------------------------------------------------------------------------------------------- domains
 def test_domains_stage_writes_every_split_and_the_preview(project, capsys):
     import matplotlib.image
     from mlflow.tracking import MlflowClient
-    params = project.params
+    params, paths = project.params, project.paths
     before = project.files()
-    domains.main(params)
-    folder = domains.data_dir(params)
+    domains.main(params, paths)
+    folder = paths.data
     manifest = json.loads((folder / "manifest.json").read_text())
     assert list(manifest["splits"]) == data.split_names(params)
     for name in data.split_names(params):
@@ -113,7 +117,7 @@ def test_domains_stage_writes_every_split_and_the_preview(project, capsys):
         assert entry["sha256"] == hashlib.sha256(arr.tobytes()).hexdigest()
     assert len(data.load_images(folder / "VA_train.npy")) == params.domains.n_train
     assert len(data.load_images(folder / "base_test.npy")) == params.data.n_base_test
-    png = params.report_dir / "figures" / "domains_preview.png"
+    png = paths.figures / "domains_preview.png"
     img = matplotlib.image.imread(png)
     assert img.ndim == 3 and min(img.shape[:2]) > 32
     assert undeclared(project, before) == []
@@ -121,16 +125,16 @@ def test_domains_stage_writes_every_split_and_the_preview(project, capsys):
     # tracked in the project's own store, with the run id written next to the data
     run_id = manifest["provenance"]["mlflow_run_id"]
     assert run_id != "not tracked"
-    run_ = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"]).get_run(run_id)
+    run_ = MlflowClient(tracking_uri=tracking.tracking_uri(project.paths)).get_run(run_id)
     assert run_.info.status == "FINISHED" and run_.data.tags["stage"] == "domains"
     assert run_.data.params["domains.n_train"] == str(params.domains.n_train)
     assert "TRACKING FAILED" not in capsys.readouterr().err
 
 
 def test_domains_stage_matches_build_splits(project, tiny_splits):
-    domains.main(project.params)
+    domains.main(project.params, project.paths)
     for name, arr in tiny_splits.items():
-        assert np.array_equal(data.load_images(domains.data_dir(project.params) / f"{name}.npy"), arr), name
+        assert np.array_equal(data.load_images(project.paths.data / f"{name}.npy"), arr), name
 
 
 def test_tracking_failure_does_not_cost_the_outputs(project, monkeypatch, capsys):
@@ -138,12 +142,12 @@ def test_tracking_failure_does_not_cost_the_outputs(project, monkeypatch, capsys
     garbage.parent.mkdir()
     garbage.write_bytes(b"this is not an SQLite database\n" * 64)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{garbage}")
-    params = project.params
-    domains.main(params)
-    folder = domains.data_dir(params)
+    params, paths = project.params, project.paths
+    domains.main(params, paths)
+    folder = paths.data
     for name in data.split_names(params):
         assert (folder / f"{name}.npy").is_file()
-    assert (params.report_dir / "figures" / "domains_preview.png").is_file()
+    assert (paths.figures / "domains_preview.png").is_file()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["provenance"]["mlflow_run_id"] == "not tracked"
     err = capsys.readouterr().err
@@ -153,93 +157,93 @@ def test_tracking_failure_does_not_cost_the_outputs(project, monkeypatch, capsys
 
 # ------------------------------------------------------------------------------------------ pretrain
 def test_pretrain_stage_smoke(prepared, capsys):
-    params = prepared.params
+    params, paths = prepared.params, prepared.paths
     before = prepared.files()
-    pretrain.main(params)
-    m = metrics_json(params)
+    pretrain.main(params, paths)
+    m = metrics_json(paths)
     expected = {"psnr_base_test"} | {f"psnr_{d}_test" for d in params.domains.names}
     assert expected <= set(m)
     for key in expected:
         assert isinstance(m[key], float) and math.isfinite(m[key]) and 5.0 < m[key] < 60.0, (key, m[key])
     assert m["parameters"] == sum(p.numel() for p in build_model(params).parameters())
     assert m["provenance"]["profile"] == "quick" and m["provenance"]["data_source"] == "builtin"
-    rows = curve(params)
+    rows = curve(paths)
     assert len(rows) == params.pretrain.epochs
     assert [int(r["epoch"]) for r in rows] == list(range(1, params.pretrain.epochs + 1))
     plot = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["pretrain"]["plots"][0]
     spec = next(iter(plot.values()))
     assert spec["x"] in rows[0] and spec["y"] in rows[0]
     assert all(math.isfinite(float(r["train_loss"])) and math.isfinite(float(r["test_psnr"])) for r in rows)
-    model = load_model(params, pretrain.model_path(params))
+    model = load_model(params, paths.pretrained)
     # the reported PSNR is the saved model's PSNR (same noise realisation)
-    test_x = pretrain.load_split(params, "base_test")
+    test_x = pretrain.load_split(paths, "base_test")
     again = train.evaluate_psnr(pretrain.self_link(model), test_x, noise_seed=params.evaluate.noise_seed,
                                 batch_size=256, device=torch.device("cpu"))
     assert round(again, 4) == m["psnr_base_test"]
-    assert not checkpoint(params).exists(), "a finished stage leaves no checkpoint behind"
+    assert not checkpoint(paths).exists(), "a finished stage leaves no checkpoint behind"
     assert undeclared(prepared, before) == []
 
 
 def test_pretrain_is_deterministic(prepared):
-    params = prepared.params
-    pretrain.main(params)
-    first, first_w, first_curve = psnrs(params), weights(params), curve(params)
-    pretrain.main(params)
-    assert psnrs(params) == first
-    assert curve(params) == first_curve
-    second_w = weights(params)
+    params, paths = prepared.params, prepared.paths
+    pretrain.main(params, paths)
+    first, first_w, first_curve = psnrs(paths), weights(paths), curve(paths)
+    pretrain.main(params, paths)
+    assert psnrs(paths) == first
+    assert curve(paths) == first_curve
+    second_w = weights(paths)
     assert first_w.keys() == second_w.keys()
     assert all(torch.equal(first_w[k], second_w[k]) for k in first_w)
 
 
 def test_pretrain_resumes_after_a_kill_to_the_same_result(prepared, monkeypatch, capsys):
-    params = prepared.params
+    params, paths = prepared.params, prepared.paths
     assert params.pretrain.epochs == 2
     restore = kill_at_epoch(monkeypatch, 2)
     with pytest.raises(Killed):
-        pretrain.main(params)
-    state = torch.load(checkpoint(params), map_location="cpu", weights_only=True)
+        pretrain.main(params, paths)
+    state = torch.load(checkpoint(paths), map_location="cpu", weights_only=True)
     assert state["epoch"] == 1 and len(state["history"]) == 1
-    assert not pretrain.model_path(params).exists() and not (params.report_dir / "metrics").exists()
+    assert not paths.pretrained.exists() and not paths.metrics.exists()
     restore()
     capsys.readouterr()
-    pretrain.main(params)
+    pretrain.main(params, paths)
     assert "resumed from checkpoint at epoch 1/2" in capsys.readouterr().out
-    resumed, resumed_w, resumed_curve = psnrs(params), weights(params), curve(params)
-    assert not checkpoint(params).exists()
-    pretrain.main(params)  # uninterrupted (no checkpoint left)
+    resumed, resumed_w, resumed_curve = psnrs(paths), weights(paths), curve(paths)
+    assert not checkpoint(paths).exists()
+    pretrain.main(params, paths)  # uninterrupted (no checkpoint left)
     assert "resumed" not in capsys.readouterr().out
-    assert psnrs(params) == resumed
-    assert curve(params) == resumed_curve
-    assert all(torch.equal(resumed_w[k], v) for k, v in weights(params).items())
+    assert psnrs(paths) == resumed
+    assert curve(paths) == resumed_curve
+    assert all(torch.equal(resumed_w[k], v) for k, v in weights(paths).items())
 
 
 def test_checkpoint_of_other_input_data_is_not_resumed(prepared, monkeypatch):
-    params = prepared.params
+    params, paths = prepared.params, prepared.paths
     restore = kill_at_epoch(monkeypatch, 2)
     with pytest.raises(Killed):
-        pretrain.main(params)
+        pretrain.main(params, paths)
     restore()
-    path = domains.data_dir(params) / "base_train.npy"
+    path = paths.data / "base_train.npy"
     np.save(path, 255 - data.load_images(path))  # the data changed while the checkpoint waited
-    pretrain.main(params)
-    after_kill, after_kill_w = psnrs(params), weights(params)
-    pretrain.main(params)  # uninterrupted, on the same (new) data
-    assert psnrs(params) == after_kill
-    assert all(torch.equal(after_kill_w[k], v) for k, v in weights(params).items())
+    pretrain.main(params, paths)
+    after_kill, after_kill_w = psnrs(paths), weights(paths)
+    pretrain.main(params, paths)  # uninterrupted, on the same (new) data
+    assert psnrs(paths) == after_kill
+    assert all(torch.equal(after_kill_w[k], v) for k, v in weights(paths).items())
 
 
 def test_checkpoint_of_another_noise_seed_is_not_resumed(prepared, monkeypatch):
     restore = kill_at_epoch(monkeypatch, 2)
     with pytest.raises(Killed):
-        pretrain.main(prepared.params)
+        pretrain.main(prepared.params, prepared.paths)
     restore()
     prepared.raw["evaluate"]["noise_seed"] += 1
-    params = prepared.params
-    pretrain.main(params)
-    after_kill = curve(params)
-    pretrain.main(params)
-    assert curve(params) == after_kill
+    params, paths = prepared.params, prepared.paths
+    pretrain.main(params, paths)
+    after_kill = curve(paths)
+    pretrain.main(params, paths)
+    assert curve(paths) == after_kill
 
 
 # ---------------------------------------------------------------------------------------- model files
@@ -296,8 +300,8 @@ def test_model_with_nan_weights_is_refused(model_file):
 # ------------------------------------------------------------------------------------ error boundary
 def test_validate_entry_writes_its_stamp(project, capsys):
     before = project.files()
-    run(validate.main)
-    stamp = project.params.build_dir / "params.ok"
+    run(validate.main, project.root)
+    stamp = project.paths.stamp
     assert stamp.is_file()
     assert project.files() - before == {stamp.relative_to(project.root).as_posix()}
 
@@ -319,7 +323,7 @@ def test_validate_entry_with_bad_params_exits_2_with_one_line(project, capsys, c
     before = {f: (project.root / f).read_bytes() for f in project.files()}
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        run(validate.main)
+        run(validate.main, project.root)
     assert exc.value.code == 2
     out = capsys.readouterr()
     lines = out.err.splitlines()
@@ -344,7 +348,7 @@ def test_stage_data_error_exits_2_with_one_line_and_no_outputs(project, capsys, 
     project.write_params(raw)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        run(domains.main)
+        run(domains.main, project.root)
     assert exc.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "cifar100_local" in lines[0] and "network" in lines[0], lines
@@ -354,7 +358,8 @@ def test_stage_data_error_exits_2_with_one_line_and_no_outputs(project, capsys, 
 # ------------------------------------------------------------------------- real command line (slow)
 @pytest.mark.slow
 def test_stage_commands_in_a_copied_tree(tmp_path, tiny_params):
-    """`python -m pipeline.stages.validate` for real: ROOT follows the package, so run a copy of it."""
+    """`python -m pipeline.stages.validate` for real: the default root is the checkout the code runs
+    from, so run a copy of it."""
     import shutil
     import subprocess
     import sys
@@ -399,4 +404,5 @@ def test_git_commit_is_dirty_for_changed_inputs_not_for_the_pipelines_outputs(tm
 
 def test_git_commit_follows_the_project_root(project):
     """Stages in the isolated project (no git there) must not report the repository's commit."""
-    assert tracking.git_commit() == "unknown"
+    from pipeline.stages import provenance
+    assert provenance(project.params, project.paths, None)["git_commit"] == "unknown"

@@ -3,10 +3,12 @@
 A method module defines:
 
 - ``NAME`` (str) and ``USES_SPARSITY`` (bool: its DVC cells run over ``adapt.sparsities`` too);
-- ``adapt(ctx, domain, sparsity, tracker) -> dict``: adapt one agent to ``domain``, write the
-  method's artefacts under ``ctx.cell_dir(NAME)``, return the cell's metrics (keys: ``CELL_KEYS``);
+- ``adapt(ctx, domain, sparsity, out, tracker) -> dict``: adapt one agent to ``domain``, write the
+  method's artefacts at the paths of ``out`` (a ``pipeline.paths.Cell``, owned by the adapt stage:
+  ``out.artifact()``, ``out.artifact("variant")``), return the cell's metrics (keys: ``CELL_KEYS``);
 - ``variants(ctx, sparsity) -> list[Variant]``: the method's agents after its alignment step,
-  for the ``evaluate`` stage (a method may offer several ways back to alignment).
+  for the ``evaluate`` stage (a method may offer several ways back to alignment); it finds each
+  domain's artefacts at ``ctx.paths.cell(NAME, domain, sparsity)``.
 
 Adding a method = one new file here + one ``adapt_<name>`` entry in ``dvc.yaml`` (README recipe).
 """
@@ -24,7 +26,8 @@ import torch
 from ..config import Params
 from ..data import load_images, to_tensor
 from ..model import SCModel, awgn
-from ..train import CHECKPOINTS, evaluate_psnr, evaluate_psnr_fanout, load_model
+from ..paths import Paths
+from ..train import evaluate_psnr, evaluate_psnr_fanout, load_model
 
 # Every cell's metrics JSON has exactly these keys, whatever the method (evaluation treats all alike).
 CELL_KEYS = ("method", "domain", "sparsity", "domain_psnr", "memory_bytes", "memory_cost_pct", "details")
@@ -71,8 +74,9 @@ def _compose(tx: Decode, rx: Receive) -> Decode:
 
 @dataclass
 class Context:
-    """What every method needs: params, device, data splits and the pretrained model."""
+    """What every method needs: params, paths, device, data splits and the pretrained model."""
     params: Params
+    paths: Paths
     device: torch.device
     snr_db: float | None = None  # evaluation SNR; None: params.evaluate.snr_db
     checkpoints: Path | None = None  # this cell's checkpoint folder (removed when the cell completes)
@@ -82,15 +86,14 @@ class Context:
             self.snr_db = self.params.evaluate.snr_db
 
     def split(self, name: str) -> torch.Tensor:
-        return _split(self.params.build_dir / "data" / f"{name}.npy")
+        return _split(self.paths.split(name))
 
     def pretrained(self) -> SCModel:
         """A fresh copy of the pretrained model on the device (callers may adapt it)."""
-        from ..stages.pretrain import model_path
-        return load_model(self.params, model_path(self.params)).to(self.device).eval()
+        return load_model(self.params, self.paths.pretrained).to(self.device).eval()
 
     def checkpoint(self, tag: str) -> Path:
-        folder = self.checkpoints or CHECKPOINTS / self.params.run_name / "adhoc"
+        folder = self.checkpoints or self.paths.checkpoints / "adhoc"
         return folder / f"{tag}.pt"
 
     def self_link(self, model: SCModel) -> Decode:
@@ -108,9 +111,6 @@ class Context:
     def receiver(self, rx: SCModel, equalizer: torch.nn.Module | None = None) -> Receive:
         """(Equalizer ->) agent rx's decoder, on received symbols."""
         return (lambda y: rx.decoder(y)) if equalizer is None else (lambda y: rx.decoder(equalizer(y)))
-
-    def cell_dir(self, method: str) -> Path:
-        return self.params.build_dir / "adapt" / method
 
     def psnr(self, decode: Decode, images: torch.Tensor) -> float:
         """Mean PSNR with the evaluation noise seed: every method sees the same noise."""
@@ -136,10 +136,6 @@ class Context:
 @cache
 def _split(path: Path) -> torch.Tensor:
     return to_tensor(load_images(path))
-
-
-def cell_name(domain: str, sparsity: float | None) -> str:
-    return domain if sparsity is None else f"{domain}-{sparsity:g}"
 
 
 def registry() -> dict[str, object]:

@@ -40,7 +40,8 @@ class Equalizer(nn.Module):
 
 
 def eq_path(ctx: Context, receiver: str):
-    return ctx.cell_dir(NAME) / f"{receiver}.safetensors"
+    """Where the adapt stage had the equalizers of this receiver stored."""
+    return ctx.paths.cell(NAME, receiver).artifact()
 
 
 def new_equalizer(ctx: Context, channels: int) -> Equalizer:
@@ -62,7 +63,7 @@ def train_equalizer(ctx: Context, tx, rx, images, tag: str) -> tuple[Equalizer, 
     return eq.eval(), curve
 
 
-def adapt(ctx: Context, domain: str, sparsity: None, tracker) -> dict:
+def adapt(ctx: Context, domain: str, sparsity: None, out, tracker) -> dict:
     tuned = tuned_models(ctx)
     images = ctx.split("base_train")[:ctx.params.domains.n_train]
     start = time.perf_counter()
@@ -71,7 +72,7 @@ def adapt(ctx: Context, domain: str, sparsity: None, tracker) -> dict:
         eq, curves[partner] = train_equalizer(ctx, tuned[partner], tuned[domain], images, f"{partner}-to-{domain}")
         tracker.log_history(curves[partner], prefix=f"from_{partner}_")
         tensors.update({f"{partner}.{k}": v.detach().cpu().contiguous() for k, v in eq.state_dict().items()})
-    save_safetensors(eq_path(ctx, domain), tensors, {"receiver": domain})
+    save_safetensors(out.artifact(), tensors, {"receiver": domain})
     base = ctx.pretrained()
     nbytes = copy_bytes(base) + tensor_bytes(tensors.values())
     return {"method": NAME, "domain": domain, "sparsity": None,

@@ -9,14 +9,16 @@ from ..model import awgn
 from ..sam import (SAMState, attach_sam, base_fingerprint, install_sam, load_sam, memory_cost, sam_layers, sam_parameters,
                    sam_state, save_sam, set_sam_enabled)
 from ..train import data_fingerprint, fingerprint, fit
-from . import BASE_AGENT, Context, Variant, cell_name
+from ..paths import cell_name
+from . import BASE_AGENT, Context, Variant
 
 NAME = "sam"
 USES_SPARSITY = True
 
 
 def sam_path(ctx: Context, domain: str, sparsity: float):
-    return ctx.cell_dir(NAME) / f"{cell_name(domain, sparsity)}.safetensors"
+    """Where the adapt stage had this domain's SAM stored."""
+    return ctx.paths.cell(NAME, domain, sparsity).artifact()
 
 
 MASKS = ("score", "random", "fisher")
@@ -86,11 +88,10 @@ def train_sam(ctx: Context, domain: str, sparsity: float, *, allocation: str, ma
             "seconds": time.perf_counter() - start}
 
 
-def adapt(ctx: Context, domain: str, sparsity: float, tracker) -> dict:
+def adapt(ctx: Context, domain: str, sparsity: float, out, tracker) -> dict:
     p = ctx.params
     trained = train_sam(ctx, domain, sparsity, allocation=p.adapt.allocation, tracker=tracker)
-    path = sam_path(ctx, domain, sparsity)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = out.artifact()
     save_sam(path, sam_state(trained["model"]), sparsity=sparsity, allocation=p.adapt.allocation,
              base_fingerprint=trained["base_fingerprint"], extra_meta={"domain": domain})
     # Evaluate what was stored: reload the file onto a fresh base (fp16 values, exactly as served).

@@ -20,8 +20,12 @@ NAME = "tuning"
 USES_SPARSITY = False
 
 
+RETUNED = "retuned"  # the variant name of the re-tuned agent's file
+
+
 def tuned_path(ctx: Context, domain: str, retuned: bool = False):
-    return ctx.cell_dir(NAME) / f"{domain}{'-retuned' if retuned else ''}.safetensors"
+    """Where the adapt stage had this domain's tuned (or re-tuned) agent stored."""
+    return ctx.paths.cell(NAME, domain).artifact(RETUNED if retuned else "")
 
 
 def copy_bytes(model: torch.nn.Module) -> int:
@@ -40,20 +44,20 @@ def finetune(ctx: Context, model, images, epochs: int, tag: str, key_parts) -> l
                key=key, desc=f"tuning {tag}")
 
 
-def adapt(ctx: Context, domain: str, sparsity: None, tracker) -> dict:
+def adapt(ctx: Context, domain: str, sparsity: None, out, tracker) -> dict:
     p = ctx.params
     test_x = ctx.split(f"{domain}_test")
     model = ctx.pretrained().requires_grad_(True)
     start = time.perf_counter()
     curve = finetune(ctx, model, ctx.split(f"{domain}_train"), p.adapt.epochs, domain, domain)
-    save_model(model.cpu(), tuned_path(ctx, domain), {"method": NAME, "domain": domain})
+    save_model(model.cpu(), out.artifact(), {"method": NAME, "domain": domain})
     model.to(ctx.device).eval()
     local = ctx.psnr(ctx.self_link(model), test_x)
     # Way back (a): fine-tune on as many base images as the domain had.
     retune_x = ctx.split("base_train")[:p.domains.n_train]
     model.train()
     retune_curve = finetune(ctx, model, retune_x, p.tuning.retune_epochs, f"{domain}-retune", domain)
-    save_model(model.cpu(), tuned_path(ctx, domain, retuned=True), {"method": NAME, "domain": domain})
+    save_model(model.cpu(), out.artifact(RETUNED), {"method": NAME, "domain": domain})
     model.to(ctx.device).eval()
     after = ctx.psnr(ctx.self_link(model), test_x)
     seconds = time.perf_counter() - start

@@ -1,6 +1,8 @@
 """One thin entry point per DVC stage (``python -m pipeline.stages.<stage>``).
 
 Shared here: the error boundary (one line, non-zero exit, nothing written) and atomic writers.
+Each entry point builds the run's ``Paths`` once and hands it down; a stage owns its outputs and
+passes their paths to the code below it.
 """
 from __future__ import annotations
 
@@ -12,16 +14,19 @@ from typing import Callable
 import numpy as np
 
 from ..config import InputError, Params, load
+from ..paths import REPO, Paths
 from ..storage import write_atomic, write_atomic_with, write_text  # noqa: F401 - write_text for the stages
 
 EXIT_BAD_INPUT = 2
 
 
-def run(main: Callable[[Params], None]) -> None:
-    """Validate params, then run ``main``; bad input ends with one line on stderr and exit code 2."""
+def run(main: Callable[[Params, Paths], None], root: Path | None = None) -> None:
+    """Validate ``<root>/params.yaml`` (root: this checkout), then run ``main(params, paths)``;
+    bad input ends with one line on stderr and exit code 2."""
+    root = REPO if root is None else Path(root)
     try:
-        params = load()
-        main(params)
+        params = load(root / "params.yaml")
+        main(params, Paths.of(params, root))
     except InputError as err:  # params, data, model and SAM file errors all derive from it
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
@@ -42,8 +47,8 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def provenance(params: Params, run_id: str | None) -> dict:
+def provenance(params: Params, paths: Paths, run_id: str | None) -> dict:
     """What produced a report: written into every metrics file and report."""
     from ..tracking import git_commit
-    return {"profile": params.profile, "data_source": params.data.source, "git_commit": git_commit(),
+    return {"profile": params.profile, "data_source": params.data.source, "git_commit": git_commit(paths.root),
             "mlflow_run_id": run_id or "not tracked"}

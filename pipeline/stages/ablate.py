@@ -23,21 +23,18 @@ from ..config import ConfigError, Params
 from ..methods import BASE_AGENT, Context
 from ..methods.sam import train_sam
 from ..metrics import misalignment, ordered_pairs
+from ..paths import Paths
 from ..sam import install_sam, layer_budgets, sam_state
 from ..tracking import Tracker
-from ..train import CHECKPOINTS, setup_runtime
+from ..train import setup_runtime
 from . import provenance, run, save_figure, write_text
-from .adapt import metrics_path
 from .evaluate import all_variants
 
-def out_dir(params: Params):
-    return params.report_dir / "ablations"
 
-
-def write_table(df: pd.DataFrame, name: str, params: Params, run_id: str | None, finding: str) -> None:
-    folder = out_dir(params)
+def write_table(df: pd.DataFrame, name: str, params: Params, paths: Paths, run_id: str | None, finding: str) -> None:
+    folder = paths.ablations
     write_text(folder / f"{name}.csv", df.to_csv(index=False))
-    prov = provenance(params, run_id)
+    prov = provenance(params, paths, run_id)
     head = ", ".join(f"{k}: {v}" for k, v in prov.items())
     write_text(folder / f"{name}.md", f"<!-- {head} -->\n# {name}\n\n**Finding.** {finding}\n\n"
                                       f"{df.to_markdown(index=False, floatfmt='.3f')}\n")
@@ -69,14 +66,14 @@ def network(ctx: Context) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def network_main(params: Params) -> None:
+def network_main(params: Params, paths: Paths) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
     rt = setup_runtime(params)
-    ctx = Context(params, rt.pop("device_obj"))
-    with Tracker(params, "network") as tracker:
+    ctx = Context(params, paths, rt.pop("device_obj"))
+    with Tracker(params, paths, "network") as tracker:
         df = network(ctx)
         ref = df[(df.method == "pretrained")].pair_psnr.iloc[0]
         df["loss_vs_pretrained"] = ref - df.pair_psnr
@@ -88,8 +85,8 @@ def network_main(params: Params) -> None:
                    f"(max |difference| {sam.loss_vs_pretrained.abs().max():.3g} dB); without alignment the "
                    f"adapted agents lose {summary.set_index('method').loc['no_alignment', 'mean_loss']:.2f} dB "
                    "on average.")
-        write_table(summary, "network", params, tracker.run_id, finding)
-        write_text(out_dir(params) / "network_pairs.csv", df.to_csv(index=False))
+        write_table(summary, "network", params, paths, tracker.run_id, finding)
+        write_text(paths.ablations / "network_pairs.csv", df.to_csv(index=False))
         labels = [f"{m}" + ("" if pd.isna(s) else f" γ={s:g}") for m, s in
                   df[["method", "sparsity"]].drop_duplicates().itertuples(index=False)]
         fig, axes = plt.subplots(1, len(labels), figsize=(2.6 * len(labels), 2.8), squeeze=False)
@@ -99,8 +96,8 @@ def network_main(params: Params) -> None:
                         annot_kws={"fontsize": 6}, cmap="viridis")
             ax.set_title(label, fontsize=8)
         fig.suptitle("Network view: Tx -> Rx PSNR (dB) on base test images", fontsize=10)
-        save_figure(fig, params.report_dir / "figures" / "network.png")
-        tracker.log_artifact(params.report_dir / "figures" / "network.png", "figures")
+        save_figure(fig, paths.figures / "network.png")
+        tracker.log_artifact(paths.figures / "network.png", "figures")
         print(f"network: {finding}")
 
 
@@ -109,7 +106,7 @@ def _train_eval(ctx: Context, domain: str, sparsity: float, allocation: str, mas
     """Domain PSNR of a SAM trained with these settings: read from the ``adapt_sam`` cell when the
     main grid already trained exactly this one (same code, data, params), else trained here."""
     p = ctx.params.adapt
-    cell = metrics_path(ctx.params, "sam", domain, sparsity)
+    cell = ctx.paths.cell("sam", domain, sparsity).metrics
     if (allocation, mask) == (p.allocation, "score") and sparsity in p.sparsities and cell.is_file():
         done = json.loads(cell.read_text())
         return {"domain": domain, "sparsity": sparsity, "allocation": allocation, "mask": mask,
@@ -176,7 +173,7 @@ def _best(means: pd.Series) -> str:
 def _snr(ctx: Context) -> tuple[pd.DataFrame, str, object]:
     rows = []
     for snr in ctx.params.ablate.snr_db:
-        c = Context(ctx.params, ctx.device, snr_db=snr)
+        c = Context(ctx.params, ctx.paths, ctx.device, snr_db=snr)
         pre = c.pretrained()
         ref = c.psnr(c.link(pre, pre), c.split("base_test"))
         # sam at its largest sparsity only: every sam variant is bitwise the base when switched off.
@@ -197,18 +194,18 @@ def _snr(ctx: Context) -> tuple[pd.DataFrame, str, object]:
     return df, finding, fig
 
 
-def ablate_main(params: Params, argv=None) -> None:
+def ablate_main(params: Params, paths: Paths, argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--study", required=True)
     args = ap.parse_args(argv)
     if args.study not in params.ablate.studies:
         raise ConfigError(f"ablate: --study {args.study!r} not in ablate.studies {list(params.ablate.studies)}")
     rt = setup_runtime(params)
-    ctx = Context(params, rt.pop("device_obj"), checkpoints=CHECKPOINTS / params.run_name / "ablate" / args.study)
-    with Tracker(params, "ablate", args.study) as tracker:
+    ctx = Context(params, paths, rt.pop("device_obj"), checkpoints=paths.checkpoints / "ablate" / args.study)
+    with Tracker(params, paths, "ablate", args.study) as tracker:
         df, finding, fig = study(ctx, args.study)
-        write_table(df, args.study, params, tracker.run_id, finding)
-        path = params.report_dir / "figures" / f"ablation_{args.study}.png"
+        write_table(df, args.study, params, paths, tracker.run_id, finding)
+        path = paths.figures / f"ablation_{args.study}.png"
         save_figure(fig, path)
         tracker.log_artifact(path, "figures")
         tracker.set_tags({"finding": finding[:5000]})

@@ -11,9 +11,10 @@ import shutil
 import torch
 
 from ..config import ConfigError, Params
-from ..methods import CELL_KEYS, Context, cell_name, registry
+from ..methods import CELL_KEYS, Context, registry
+from ..paths import Paths
 from ..tracking import Tracker
-from ..train import CHECKPOINTS, setup_runtime
+from ..train import setup_runtime
 from . import run, write_json
 
 
@@ -40,27 +41,24 @@ def check_cell(params: Params, method: str, domain: str, sparsity: float | None)
     return methods[method]
 
 
-def metrics_path(params: Params, method: str, domain: str, sparsity: float | None):
-    return params.build_dir / "adapt" / method / f"{cell_name(domain, sparsity)}.json"
-
-
-def main(params: Params, argv=None) -> None:
+def main(params: Params, paths: Paths, argv=None) -> None:
     args = parse_args(argv)
     module = check_cell(params, args.method, args.domain, args.sparsity)
     rt = setup_runtime(params)
-    cell = cell_name(args.domain, args.sparsity)
-    ctx = Context(params, rt.pop("device_obj"), checkpoints=CHECKPOINTS / params.run_name / args.method / cell)
+    cell = paths.cell(args.method, args.domain, args.sparsity)  # the stage owns the cell's outputs
+    cell.folder.mkdir(parents=True, exist_ok=True)
+    ctx = Context(params, paths, rt.pop("device_obj"), checkpoints=cell.checkpoints)
     torch.manual_seed(params.adapt.seed)
-    with Tracker(params, f"adapt_{args.method}", cell) as tracker:
+    with Tracker(params, paths, f"adapt_{args.method}", cell.name) as tracker:
         tracker.set_tags({**rt, "method": args.method, "domain": args.domain, "sparsity": str(args.sparsity)})
-        result = module.adapt(ctx, args.domain, args.sparsity, tracker)
+        result = module.adapt(ctx, args.domain, args.sparsity, cell, tracker)
         assert tuple(result) == CELL_KEYS, f"{args.method}.adapt returned keys {tuple(result)}, expected {CELL_KEYS}"
         tracker.log_metrics({k: v for k, v in result.items() if k in ("domain_psnr", "memory_bytes", "memory_cost_pct")})
         tracker.log_metrics({k: v for k, v in result["details"].items() if isinstance(v, (int, float))})
         # No run id or commit here: a cached intermediate must be byte-identical across equal runs.
-        write_json(metrics_path(params, args.method, args.domain, args.sparsity), result)
-    shutil.rmtree(ctx.checkpoints, ignore_errors=True)  # the cell is complete: its checkpoints have served
-    print(f"adapt {args.method} {cell}: domain PSNR {result['domain_psnr']:.2f} dB, "
+        write_json(cell.metrics, result)
+    shutil.rmtree(cell.checkpoints, ignore_errors=True)  # the cell is complete: its checkpoints have served
+    print(f"adapt {args.method} {cell.name}: domain PSNR {result['domain_psnr']:.2f} dB, "
           f"memory {result['memory_cost_pct']:.3f} %")
 
 

@@ -7,12 +7,9 @@ import numpy as np
 
 from ..config import Params
 from ..data import apply_domain, build_splits, grid
+from ..paths import Paths
 from ..tracking import Tracker
 from . import provenance, run, save_figure, write_json, write_npy
-
-
-def data_dir(params: Params):
-    return params.build_dir / "data"
 
 
 def preview(params: Params, base: np.ndarray):
@@ -29,16 +26,16 @@ def preview(params: Params, base: np.ndarray):
     return fig
 
 
-def main(params: Params) -> None:
-    with Tracker(params, "domains") as tracker:
-        splits = build_splits(params)
-        manifest = {"provenance": provenance(params, tracker.run_id), "splits": {}}
+def main(params: Params, paths: Paths) -> None:
+    with Tracker(params, paths, "domains") as tracker:
+        splits = build_splits(params, paths)
+        manifest = {"provenance": provenance(params, paths, tracker.run_id), "splits": {}}
         for name, arr in splits.items():
-            write_npy(data_dir(params) / f"{name}.npy", arr)
+            write_npy(paths.split(name), arr)
             manifest["splits"][name] = {"shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
             tracker.log_metrics({f"n_{name}": len(arr)})
-        write_json(data_dir(params) / "manifest.json", manifest)
-        fig_path = params.report_dir / "figures" / "domains_preview.png"
+        write_json(paths.manifest, manifest)
+        fig_path = paths.figures / "domains_preview.png"
         save_figure(preview(params, splits["base_test"]), fig_path)
         tracker.log_artifact(fig_path, "figures")
         print(f"domains: {', '.join(f'{k} {len(v)}' for k, v in splits.items())}")

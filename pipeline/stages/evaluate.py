@@ -15,20 +15,11 @@ import torch
 
 from ..config import Params
 from ..methods import Context, Variant, registry
-from ..metrics import fp32_bytes, memory_cost_pct, misalignment, ordered_pairs
+from ..metrics import FIELDS, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs
+from ..paths import Paths
 from ..tracking import Tracker
 from ..train import setup_runtime
 from . import provenance, run, write_json, write_npy, write_text
-
-FIELDS = ["method", "sparsity", "metric", "domain", "tx", "rx", "value", "unit"]
-
-
-def csv_path(params: Params):
-    return params.report_dir / "metrics" / "evaluation.csv"
-
-
-def recon_path(params: Params):
-    return params.build_dir / "eval" / "reconstructions.npy"
 
 
 def all_variants(ctx: Context) -> list[Variant]:
@@ -111,20 +102,19 @@ def evaluate_all(ctx: Context) -> tuple[list[dict], float, list[Variant]]:
     return rows, reference, variants
 
 
-def main(params: Params) -> None:
+def main(params: Params, paths: Paths) -> None:
     rt = setup_runtime(params)
-    ctx = Context(params, rt.pop("device_obj"))
-    with Tracker(params, "evaluate") as tracker:
+    ctx = Context(params, paths, rt.pop("device_obj"))
+    with Tracker(params, paths, "evaluate") as tracker:
         rows, reference, variants = evaluate_all(ctx)
-        write_csv(csv_path(params), rows)
+        write_csv(paths.evaluation_csv, rows)
         summary = summarise(rows, reference)
-        write_json(params.report_dir / "metrics" / "evaluate.json",
-                   {**summary, "provenance": provenance(params, tracker.run_id)})
-        write_npy(recon_path(params), reconstructions(ctx, variants, params.evaluate.reconstructions))
+        write_json(paths.evaluate_json, {**summary, "provenance": provenance(params, paths, tracker.run_id)})
+        write_npy(paths.reconstructions, reconstructions(ctx, variants, params.evaluate.reconstructions))
         for name, vals in summary.items():
             if isinstance(vals, dict):
                 tracker.log_metrics({f"{name}.{k}": v for k, v in vals.items()})
-        tracker.log_artifact(csv_path(params), "metrics")
+        tracker.log_artifact(paths.evaluation_csv, "metrics")
     print(f"evaluate: {len(rows)} measurements, reference PSNR {reference:.2f} dB")
 
 

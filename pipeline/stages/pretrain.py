@@ -8,19 +8,14 @@ import torch
 
 from ..config import Params
 from ..data import load_images, to_tensor
-from ..train import (CHECKPOINTS, build_model, data_fingerprint, evaluate_psnr, fingerprint, fit, save_model,
-                     setup_runtime)
+from ..paths import Paths
+from ..train import build_model, data_fingerprint, evaluate_psnr, fingerprint, fit, save_model, setup_runtime
 from ..tracking import Tracker
 from . import provenance, run, write_json
-from .domains import data_dir
 
 
-def model_path(params: Params):
-    return params.build_dir / "models" / "pretrained.safetensors"
-
-
-def load_split(params: Params, name: str) -> torch.Tensor:
-    return to_tensor(load_images(data_dir(params) / f"{name}.npy"))
+def load_split(paths: Paths, name: str) -> torch.Tensor:
+    return to_tensor(load_images(paths.split(name)))
 
 
 def self_link(model):
@@ -28,16 +23,17 @@ def self_link(model):
     return lambda x, gen: model(x, gen)
 
 
-def main(params: Params) -> None:
+def main(params: Params, paths: Paths) -> None:
     rt = setup_runtime(params)
     device = rt.pop("device_obj")
-    train_x, test_x = load_split(params, "base_train"), load_split(params, "base_test")
-    domain_tests = {d: load_split(params, f"{d}_test") for d in params.domains.names}
+    train_x, test_x = load_split(paths, "base_train"), load_split(paths, "base_test")
+    domain_tests = {d: load_split(paths, f"{d}_test") for d in params.domains.names}
+    checkpoint = paths.checkpoints / "pretrain.pt"
     torch.manual_seed(params.pretrain.seed)
     model = build_model(params).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=params.pretrain.lr)
     ev = dict(noise_seed=params.evaluate.noise_seed, batch_size=256, device=device)
-    with Tracker(params, "pretrain") as tracker:
+    with Tracker(params, paths, "pretrain") as tracker:
         tracker.set_tags(rt)
 
         def on_epoch(epoch, loss):
@@ -49,7 +45,7 @@ def main(params: Params) -> None:
         start = time.perf_counter()
         history = fit(model, opt, train_x, lambda x, gen: model(x, gen), epochs=params.pretrain.epochs,
                       batch_size=params.train.batch_size, seed=params.pretrain.seed, device=device,
-                      checkpoint=CHECKPOINTS / params.run_name / "pretrain.pt", key=key, desc="pretrain",
+                      checkpoint=checkpoint, key=key, desc="pretrain",
                       on_epoch=on_epoch)
         seconds = time.perf_counter() - start
         tracker.log_history(history)
@@ -60,19 +56,19 @@ def main(params: Params) -> None:
         n_params = sum(p.numel() for p in model.parameters())
         metrics.update({"parameters": n_params, "train_seconds": seconds,
                         "images_per_second": len(train_x) * (params.pretrain.epochs) / seconds})
-        save_model(model.cpu(), model_path(params), {"profile": params.profile, "source": params.data.source})
+        save_model(model.cpu(), paths.pretrained, {"profile": params.profile, "source": params.data.source})
         tracker.log_metrics(metrics)
-        curve = params.report_dir / "plots" / "pretrain_curve.csv"
+        curve = paths.plots / "pretrain_curve.csv"
         curve.parent.mkdir(parents=True, exist_ok=True)
         with open(curve, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "test_psnr"])
             w.writeheader()
             w.writerows(history)
         tracker.log_artifact(curve, "plots")
-        write_json(params.report_dir / "metrics" / "pretrain.json",
+        write_json(paths.pretrain_json,
                    {**{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
-                    "runtime": rt, "provenance": provenance(params, tracker.run_id)})
-        (CHECKPOINTS / params.run_name / "pretrain.pt").unlink(missing_ok=True)
+                    "runtime": rt, "provenance": provenance(params, paths, tracker.run_id)})
+        checkpoint.unlink(missing_ok=True)
         print("pretrain: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
 
 

@@ -23,11 +23,10 @@ import pandas as pd  # noqa: E402
 from .. import claims  # noqa: E402
 from ..config import Params  # noqa: E402
 from ..data import DataError, grid  # noqa: E402
-from ..metrics import ordered_pairs  # noqa: E402
+from ..metrics import FIELDS, ordered_pairs  # noqa: E402
+from ..paths import Paths  # noqa: E402
 from ..tracking import Tracker  # noqa: E402
 from . import provenance, run, save_figure, write_text  # noqa: E402
-from .adapt import metrics_path  # noqa: E402
-from .evaluate import FIELDS, csv_path, recon_path  # noqa: E402
 
 # Methods in the order of the paper's comparison (sam expands to one row per sparsity).
 METHODS = ("pretrained", "sam", "tuning_copy", "tuning_retune", "no_alignment", "equalizer")
@@ -93,12 +92,12 @@ def check_complete(df: pd.DataFrame, params: Params, source: Path) -> None:
                                     f"one per {kind} of domains {domains}); re-run the evaluate stage")
 
 
-def read_masks(params: Params) -> pd.DataFrame:
+def read_masks(params: Params, paths: Paths) -> pd.DataFrame:
     """How far each sam mask moved from its initial top-k (SPEC.md asks to report it)."""
     rows = []
     for sparsity in params.adapt.sparsities:
         for domain in params.domains.names:
-            path = metrics_path(params, "sam", domain, sparsity)
+            path = paths.cell("sam", domain, sparsity).metrics
             try:
                 details = json.loads(path.read_text())["details"]
                 rows.append({"domain": domain, "sparsity": sparsity, "metric": "mask_moved_fraction",
@@ -109,27 +108,27 @@ def read_masks(params: Params) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def read_inputs(params: Params) -> Inputs:
+def read_inputs(params: Params, paths: Paths) -> Inputs:
     """Every input, checked; raises DataError (exit 2) before the stage writes anything."""
-    source = csv_path(params)
+    source = paths.evaluation_csv
     tidy = read_tidy(source)
     check_complete(tidy, params, source)
-    summary_path = source.with_name("evaluate.json")
+    summary_path = paths.evaluate_json
     try:
         summary = json.loads(summary_path.read_text())
         float(summary["reference_psnr"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"report: {summary_path} unusable ({type(err).__name__}: {err}); re-run evaluate") from None
     try:
-        recon = np.load(recon_path(params), allow_pickle=False)
+        recon = np.load(paths.reconstructions, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise DataError(f"report: {recon_path(params)} unusable ({type(err).__name__}: {err}); "
+        raise DataError(f"report: {paths.reconstructions} unusable ({type(err).__name__}: {err}); "
                         "re-run evaluate") from None
     want = (len(params.domains.names), len(RECON_ROWS))
     if recon.dtype != np.uint8 or recon.ndim != 6 or recon.shape[:2] != want or recon.shape[3:] != (32, 32, 3):
-        raise DataError(f"report: {recon_path(params)} has {recon.dtype} {recon.shape}; expected uint8 "
+        raise DataError(f"report: {paths.reconstructions} has {recon.dtype} {recon.shape}; expected uint8 "
                         f"({want[0]}, {want[1]}, n, 32, 32, 3); re-run evaluate")
-    return Inputs(tidy, summary, recon, read_masks(params))
+    return Inputs(tidy, summary, recon, read_masks(params, paths))
 
 
 # -------------------------------------------------------------------------------- pivoted frames
@@ -375,20 +374,20 @@ def write_figures(inputs: Inputs, frames: Frames, params: Params, folder: Path) 
 
 
 # ------------------------------------------------------------------------------------------ stage
-def main(params: Params) -> None:
-    inputs = read_inputs(params)  # fails (exit 2) before anything is written
+def main(params: Params, paths: Paths) -> None:
+    inputs = read_inputs(params, paths)  # fails (exit 2) before anything is written
     frames = summarise(inputs, list(params.domains.names))
     entries = claims.check_all(inputs.tidy, inputs.summary)
-    out = params.report_dir
-    with Tracker(params, "report") as tracker:
-        prov = provenance(params, tracker.run_id)
-        header = (claims.provenance_line(prov) + f" · source `{csv_path(params).relative_to(out).as_posix()}` · "
+    out = paths.reports
+    with Tracker(params, paths, "report") as tracker:
+        prov = provenance(params, paths, tracker.run_id)
+        header = (claims.provenance_line(prov) + f" · source `{paths.evaluation_csv.relative_to(out).as_posix()}` · "
                   f"reference PSNR (pretrained Tx→Rx, base test) {inputs.summary['reference_psnr']:.2f} dB")
-        written = write_tables(frames, out / "tables", header)
-        written += write_figures(inputs, frames, params, out / "figures")
+        written = write_tables(frames, paths.tables, header)
+        written += write_figures(inputs, frames, params, paths.figures)
         for name, frame in plot_data(frames, list(params.domains.names)).items():
-            write_text(out / "plots" / f"{name}.csv", frame.to_csv(index=False))
-            written.append(out / "plots" / f"{name}.csv")
+            write_text(paths.plots / f"{name}.csv", frame.to_csv(index=False))
+            written.append(paths.plots / f"{name}.csv")
         written += claims.write_claims(entries, out, prov)
         for path in written:
             tracker.log_artifact(path, path.parent.relative_to(out).as_posix() if path.parent != out else None)

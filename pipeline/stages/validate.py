@@ -7,11 +7,12 @@ param re-runs only the stages that list that param.
 from __future__ import annotations
 
 from ..config import Params
+from ..paths import Paths
 from . import run, write_text
 
 
-def main(params: Params) -> None:
-    write_text(params.build_dir / "params.ok", "params.yaml validated\n")
+def main(params: Params, paths: Paths) -> None:
+    write_text(paths.stamp, "params.yaml validated\n")
     print(f"params.yaml is valid: profile {params.profile}, source {params.data.source}")
 
 

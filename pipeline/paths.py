@@ -1,0 +1,162 @@
+"""Every path the pipeline reads or writes, derived in one place from the params and a project root.
+
+``Paths.of(params, root)`` is built once by each stage's entry point and passed down; nothing else
+joins path segments. ``dvc.yaml`` spells the same paths with ``${data.source}-${profile}`` (checked by
+tests/test_paths.py). Tests build a ``Paths`` on ``tmp_path``: no module global points at the tree.
+
+Layout under the root (``run`` = ``<source>-<profile>``):
+
+- ``build/<run>/``: DVC-cached artefacts (git-ignored): ``params.ok``, ``data/``, ``models/``,
+  ``adapt/<method>/<cell>.*``, ``eval/``;
+- ``reports/<run>/``: git-tracked results: ``metrics/``, ``plots/``, ``tables/``, ``figures/``,
+  ``ablations/``, ``claims.*``;
+- ``.checkpoints/<run>/``: per-epoch training checkpoints, outside every DVC output so that a
+  killed stage resumes;
+- ``mlflow.db``, ``mlartifacts/``: the MLflow store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent  # the default root: the checkout this code runs from
+
+
+def cell_name(domain: str, sparsity: float | None) -> str:
+    """A matrix cell's name, as in ``dvc.yaml``: ``VA`` or ``VA-0.001``."""
+    return domain if sparsity is None else f"{domain}-{sparsity:g}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The outputs of one adapt cell (method x domain [x sparsity]), owned by the adapt stage."""
+    folder: Path       # build/<run>/adapt/<method>
+    name: str          # cell_name(domain, sparsity)
+    checkpoints: Path  # .checkpoints/<run>/<method>/<name>: removed when the cell completes
+
+    @property
+    def metrics(self) -> Path:
+        """The cell's metrics JSON (keys ``CELL_KEYS``)."""
+        return self.folder / f"{self.name}.json"
+
+    def artifact(self, variant: str = "") -> Path:
+        """A safetensors file of the cell: ``<name>.safetensors`` or ``<name>-<variant>.safetensors``."""
+        return self.folder / f"{self.name}{'-' + variant if variant else ''}.safetensors"
+
+    def checkpoint(self, tag: str) -> Path:
+        return self.checkpoints / f"{tag}.pt"
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+    run: str  # "<source>-<profile>"
+
+    @classmethod
+    def of(cls, params, root: str | Path | None = None) -> "Paths":
+        return cls(Path(root) if root is not None else REPO, params.run_name)
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from params: absolute as given, relative to the project root otherwise."""
+        p = Path(path)
+        return p if p.is_absolute() else self.root / p
+
+    # ------------------------------------------------------------------ project-wide
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlartifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    # ------------------------------------------------------------------ build/<run>
+    @property
+    def build(self) -> Path:
+        return self.root / "build" / self.run
+
+    @property
+    def stamp(self) -> Path:
+        """Written by ``validate``; every other stage depends on it."""
+        return self.build / "params.ok"
+
+    @property
+    def data(self) -> Path:
+        return self.build / "data"
+
+    def split(self, name: str) -> Path:
+        """One data split (``base_train``, ``VA_test``...) as written by the domains stage."""
+        return self.data / f"{name}.npy"
+
+    @property
+    def manifest(self) -> Path:
+        return self.data / "manifest.json"
+
+    @property
+    def pretrained(self) -> Path:
+        return self.build / "models" / "pretrained.safetensors"
+
+    def adapt(self, method: str) -> Path:
+        return self.build / "adapt" / method
+
+    def cell(self, method: str, domain: str, sparsity: float | None = None) -> Cell:
+        name = cell_name(domain, sparsity)
+        return Cell(self.adapt(method), name, self.checkpoints / method / name)
+
+    @property
+    def reconstructions(self) -> Path:
+        return self.build / "eval" / "reconstructions.npy"
+
+    # ------------------------------------------------------------------ reports/<run>
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports" / self.run
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / "metrics"
+
+    @property
+    def evaluation_csv(self) -> Path:
+        return self.metrics / "evaluation.csv"
+
+    @property
+    def evaluate_json(self) -> Path:
+        return self.metrics / "evaluate.json"
+
+    @property
+    def pretrain_json(self) -> Path:
+        return self.metrics / "pretrain.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.reports / "plots"
+
+    @property
+    def tables(self) -> Path:
+        return self.reports / "tables"
+
+    @property
+    def figures(self) -> Path:
+        return self.reports / "figures"
+
+    @property
+    def ablations(self) -> Path:
+        return self.reports / "ablations"
+
+    @property
+    def claims_json(self) -> Path:
+        return self.reports / "claims.json"
+
+    @property
+    def claims_md(self) -> Path:
+        return self.reports / "claims.md"
+
+    # ------------------------------------------------------------------ .checkpoints/<run>
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / ".checkpoints" / self.run
