@@ -1,5 +1,7 @@
 """Tests for pipeline.fingerprint: the base model's hash, seen through any SAM on it."""
 import copy
+import subprocess
+import sys
 
 import torch
 from torch import nn
@@ -7,6 +9,7 @@ from torch import nn
 from pipeline.fingerprint import base_fingerprint, base_tensors
 from pipeline.sam import attach_sam, install_sam, sam_state
 
+from .conftest import REPO
 from .sam_helpers import adapted, make_base
 
 
@@ -50,3 +53,9 @@ def test_fingerprint_sees_through_any_wrapper_by_protocol():
     assert base_fingerprint(wrapped) == base_fingerprint(base)
     assert "mix.extra" not in base_tensors(wrapped) and "mix.weight" in base_tensors(wrapped)
 
+
+def test_hashing_a_model_does_not_import_the_tuner():
+    code = ("import sys, pipeline.fingerprint, pipeline.methods.tuning, pipeline.methods.equalizer; "
+            "print(sorted(m for m in sys.modules if m.startswith('pipeline.sam')))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"

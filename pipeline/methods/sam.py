@@ -5,9 +5,10 @@ import time
 
 import torch
 
+from ..fingerprint import base_fingerprint
 from ..model import awgn
-from ..sam import (SAMState, attach_sam, base_fingerprint, install_sam, load_sam, memory_cost, sam_layers, sam_parameters,
-                   sam_state, save_sam, set_sam_enabled)
+from ..sam import (SAMState, attach_sam, install_sam, load_sam, memory_cost, sam_layers, sam_parameters, sam_state,
+                   save_sam, set_sam_enabled)
 from ..train import data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant, cell_name
 
