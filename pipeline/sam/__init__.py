@@ -20,10 +20,10 @@ wrapped layer), `model` (wrap, switch, freeze and install on a whole model),
 from ..fingerprint import base_fingerprint
 from .budget import ALLOCATIONS, allocate_budget
 from .layer import SAMLayer
-from .model import (SAMState, attach_sam, install_sam, layer_budgets, sam_layers, sam_parameters,
+from .model import (SAMState, attach_sam, install_sam, layer_budgets, sam_disabled, sam_layers, sam_parameters,
                     sam_state, set_sam_enabled)
 from .storage import FORMAT, SAMFileError, load_sam, memory_cost, save_sam
 
 __all__ = ["ALLOCATIONS", "FORMAT", "SAMFileError", "SAMLayer", "SAMState", "allocate_budget", "attach_sam",
-           "base_fingerprint", "install_sam", "layer_budgets", "load_sam", "memory_cost", "sam_layers",
-           "sam_parameters", "sam_state", "save_sam", "set_sam_enabled"]
+           "base_fingerprint", "install_sam", "layer_budgets", "load_sam", "memory_cost", "sam_disabled",
+           "sam_layers", "sam_parameters", "sam_state", "save_sam", "set_sam_enabled"]

@@ -1,8 +1,9 @@
 """The model API: wrap a model's adaptable layers, switch them, freeze and install SAM states."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -75,18 +76,39 @@ def _remember_layers(model: nn.Module) -> None:
     model.__dict__["_sam_switch"] = tuple(sam_layers(model).values())
 
 
-def set_sam_enabled(model: nn.Module, flag: bool) -> None:
-    """Switch every SAM layer on or off: about a microsecond, W0 untouched.
-
-    Uses the layers wrapped by the last ``attach_sam``/``install_sam`` on this model (a layer swapped
+def _switch_layers(model: nn.Module) -> tuple[SAMLayer, ...]:
+    """The SAM layers wrapped by the last ``attach_sam``/``install_sam`` on this model (a layer swapped
     in by hand afterwards is found by a fresh walk only if nothing was remembered)."""
     layers = model.__dict__.get("_sam_switch")
     if layers is None:
         _remember_layers(model)
         layers = model.__dict__["_sam_switch"]
+    return layers
+
+
+def set_sam_enabled(model: nn.Module, flag: bool) -> None:
+    """Switch every SAM layer on or off: about a microsecond, W0 untouched."""
     flag = bool(flag)
-    for m in layers:
+    for m in _switch_layers(model):
         m.__dict__["enabled"] = flag  # a plain attribute: skip nn.Module.__setattr__
+
+
+@contextmanager
+def sam_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """``with sam_disabled(model):`` computes with W0 bit for bit inside the block.
+
+    On any exit, an exception included, each SAM layer gets back the ``enabled`` state it had on
+    entry (not simply "on"), so blocks nest and a model with some layers already off keeps them off.
+    """
+    layers = _switch_layers(model)
+    before = [m.enabled for m in layers]
+    try:
+        for m in layers:
+            m.__dict__["enabled"] = False
+        yield model
+    finally:
+        for m, flag in zip(layers, before):
+            m.__dict__["enabled"] = flag
 
 
 def sam_state(model: nn.Module, values_dtype: torch.dtype | None = torch.float16) -> SAMState:
