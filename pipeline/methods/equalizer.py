@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
 from ..model import awgn
-from ..sam import base_fingerprint
 from ..storage import save_safetensors
 from ..train import data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant

@@ -5,8 +5,9 @@ import time
 
 import torch
 
+from ..fingerprint import base_fingerprint
 from ..model import awgn
-from ..sam import (SAMState, attach_sam, base_fingerprint, install_sam, load_sam, memory_cost, sam_layers, sam_parameters,
+from ..sam import (SAMState, attach_sam, install_sam, load_sam, memory_cost, sam_disabled, sam_layers, sam_parameters,
                    sam_state, save_sam, set_sam_enabled)
 from ..train import data_fingerprint, fingerprint, fit
 from ..paths import cell_name
@@ -37,14 +38,13 @@ def _fix_mask(ctx: Context, model, images, mask: str, seed: int) -> None:
             m.base.weight.requires_grad_(True)
         fisher = {n: torch.zeros_like(m.base.weight) for n, m in layers.items()}
         gen = torch.Generator(device=ctx.device).manual_seed(seed)
-        set_sam_enabled(model, False)
-        for i in range(0, min(len(images), 8 * ctx.params.train.batch_size), ctx.params.train.batch_size):
-            x = images[i:i + ctx.params.train.batch_size].to(ctx.device).float() / 255
-            model.zero_grad(set_to_none=True)
-            torch.nn.functional.mse_loss(model(x, gen), x).backward()
-            for n, m in layers.items():
-                fisher[n] += m.base.weight.grad.pow(2)
-        set_sam_enabled(model, True)
+        with sam_disabled(model):  # the gradients of W0 itself
+            for i in range(0, min(len(images), 8 * ctx.params.train.batch_size), ctx.params.train.batch_size):
+                x = images[i:i + ctx.params.train.batch_size].to(ctx.device).float() / 255
+                model.zero_grad(set_to_none=True)
+                torch.nn.functional.mse_loss(model(x, gen), x).backward()
+                for n, m in layers.items():
+                    fisher[n] += m.base.weight.grad.pow(2)
         for n, m in layers.items():
             m.base.weight.requires_grad_(False)
             m.base.weight.grad = None

@@ -11,8 +11,8 @@ import time
 
 import torch
 
+from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
-from ..sam import base_fingerprint
 from ..train import data_fingerprint, fingerprint, fit, load_model, save_model
 from . import BASE_AGENT, Context, Variant
 

@@ -1,4 +1,4 @@
-"""Tests for pipeline.sam: the sparse additive "zero-forget" adapter."""
+"""Tests for pipeline.sam.storage: the SAM file, its index encodings and its refusals."""
 import copy
 import json
 import os
@@ -7,186 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import sam
-from pipeline.sam import (SAMFileError, SAMState, allocate_budget, attach_sam, base_fingerprint,
-                          install_sam, load_sam, memory_cost, sam_layers, sam_parameters, sam_state,
-                          save_sam, set_sam_enabled)
+from pipeline.sam import (SAMFileError, SAMState, attach_sam, base_fingerprint, install_sam, load_sam, memory_cost,
+                          sam_parameters, sam_state, save_sam)
+from pipeline.sam import storage
+
+from .sam_helpers import LAYERS, adapted, make_base, n_params, out, x  # noqa: F401 - x is a fixture
 
 
-class TinyAE(nn.Module):
-    """Conv2d -> PReLU -> Conv2d/2 -> Linear (over channels) -> ConvTranspose2d -> PReLU -> Conv2d."""
-
-    def __init__(self):
-        super().__init__()
-        self.enc = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.PReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1))
-        self.mix = nn.Linear(16, 16)
-        self.dec = nn.Sequential(nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1), nn.PReLU(),
-                                 nn.Conv2d(8, 3, 3, padding=1))
-
-    def forward(self, x):
-        h = self.enc(x)
-        return self.dec(self.mix(h.movedim(1, -1)).movedim(-1, 1))
-
-
-LAYERS = ["enc.0", "enc.2", "mix", "dec.0", "dec.2"]
-N_ADAPT = 216 + 1152 + 256 + 2048 + 216
-
-
-def make_base(seed=0):
-    torch.manual_seed(seed)
-    return TinyAE()
-
-
-@pytest.fixture
-def x():
-    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-
-
-def train(model, x, steps=5, target=None, lr_values=1e-3):
-    target = x.flip(-1) if target is None else target
-    scores, values = sam_parameters(model)
-    opt = torch.optim.Adam([{"params": scores, "lr": 1.0}, {"params": values, "lr": lr_values}])
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), target).backward()
-        opt.step()
-
-
-def adapted(base, sparsity=0.1, steps=5, x=None, **kw):
-    model = attach_sam(copy.deepcopy(base), sparsity, **kw)
-    if steps:
-        train(model, x if x is not None else torch.randn(2, 3, 8, 8), steps)
-    return model
-
-
-def n_params(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def out(model, x):
-    return model(x)
-
-
-# ----------------------------------------------------------------------------- budget
-def layer_dims(model):
-    return {n: (m.weight.numel(), *nn.init._calculate_fan_in_and_fan_out(m.weight))
-            for n, m in sam._layers(model).items()}
-
-
-@pytest.mark.parametrize("allocation", sam.ALLOCATIONS)
-@pytest.mark.parametrize("gamma", [0.003, 0.01, 0.05, 0.3, 0.9, 1.0])
-def test_budget_sums_exactly(allocation, gamma):
-    base = make_base()
-    budget = allocate_budget(layer_dims(base), gamma, allocation)
-    assert sum(budget.values()) == round(gamma * N_ADAPT)
-    model = attach_sam(base, gamma, allocation)
-    for name, layer in sam_layers(model).items():
-        assert layer.k == budget[name] <= layer.base.weight.numel()
-        assert int(layer.mask().sum()) == budget[name]
-    assert sam_state(model).kept() == round(gamma * N_ADAPT)
-
-
-def test_budget_rules_and_capping():
-    dims = layer_dims(make_base())
-    lin, uni, prod = (allocate_budget(dims, 0.1, a) for a in sam.ALLOCATIONS)
-    assert lin != uni and lin != prod
-    for name, (numel, _, _) in dims.items():  # uniform: the same ratio everywhere, up to rounding
-        assert abs(uni[name] - 0.1 * numel) < 1
-    # linear is proportional to d_in + d_out: mix (16+16) vs enc.2 (72+144), up to rounding
-    assert abs(lin["enc.2"] / lin["mix"] - 216 / 32) < 0.5
-    capped = allocate_budget({"big": (10000, 100, 100), "tiny": (4, 2, 2)}, 0.5, "linear")
-    assert capped == {"big": 4998, "tiny": 4}
-    full = allocate_budget(dims, 0.9, "linear")  # enc.0/dec.2 get shares above their numel
-    assert full["enc.0"] == 216 and full["dec.2"] == 216 and sum(full.values()) == round(0.9 * N_ADAPT)
-    with pytest.raises(ValueError):
-        allocate_budget(dims, 1e-6, "linear")
-    with pytest.raises(ValueError):
-        allocate_budget(dims, 0.1, "random")
-
-
-# ----------------------------------------------------------------------------- zero forgetting
-@pytest.mark.parametrize("gamma", [0.01, 0.1, 0.5])
-def test_disabled_is_base_bit_for_bit(gamma, x):
-    base = make_base()
-    model = adapted(base, gamma, x=x)
-    ref = out(base, x)
-    for phase in ("trained", "installed"):
-        set_sam_enabled(model, False)
-        for name, layer in sam_layers(model).items():
-            assert layer.effective_weight() is layer.base.weight
-            assert torch.equal(layer.base.weight, base.get_submodule(name).weight)
-        assert torch.equal(out(model, x), ref), phase
-        set_sam_enabled(model, True)
-        assert not torch.equal(out(model, x), ref), phase
-        install_sam(model, sam_state(model))
-
-
-def test_training_changes_only_scores_and_values(x):
-    base = make_base()
-    model = attach_sam(copy.deepcopy(base), 0.1)
-    scores0 = [p.clone() for p in sam_parameters(model)[0]]
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"{n}.{k}" for n in LAYERS for k in ("scores", "values")}
-    train(model, x, steps=6)
-    for name, t in sam._base_tensors(model).items():
-        assert torch.equal(t, sam._base_tensors(base)[name]), name
-    assert all(not torch.equal(a, b) for a, b in zip(scores0, sam_parameters(model)[0]))
-    assert all(v.abs().sum() > 0 for v in sam_parameters(model)[1])
-    assert base_fingerprint(model) == base_fingerprint(base)
-
-
-def test_ste_gradients_reach_scores(x):
-    model = attach_sam(make_base(), 0.1)
-    nn.functional.mse_loss(model(x), x).backward()
-    for layer in sam_layers(model).values():  # values = 0: scores get no signal yet, values all do
-        assert layer.scores.grad.abs().sum() == 0
-        assert (layer.values.grad[~layer.mask()] != 0).any()
-    model.zero_grad()
-    with torch.no_grad():
-        for v in sam_parameters(model)[1]:
-            v.normal_(0, 1e-2)
-    nn.functional.mse_loss(model(x), x).backward()
-    for layer in sam_layers(model).values():
-        outside = ~layer.mask()
-        assert (layer.scores.grad[outside] != 0).any() and (layer.values.grad[outside] != 0).any()
-        assert torch.equal(layer.scores.grad, layer.values.grad * layer.values.detach())
-
-
-def test_mask_moves_with_adam(x):
-    model = attach_sam(make_base(), 0.05)
-    before = {n: l.mask() for n, l in sam_layers(model).items()}
-    train(model, x, steps=8, lr_values=1e-4)
-    changed = kept = 0
-    for name, layer in sam_layers(model).items():
-        now = layer.mask()
-        assert int(now.sum()) == layer.k
-        changed += int((before[name] & ~now).sum())
-        kept += layer.k
-    assert changed / kept > 0
-
-
-def test_reference_dense_weights(x):
-    base = make_base()
-    model = adapted(base, 0.2, x=x)
-    ref = copy.deepcopy(base)
-    with torch.no_grad():  # training mode: W0 + mask * values
-        for name, layer in sam_layers(model).items():
-            dense = base.get_submodule(name).weight + layer.mask() * layer.values
-            ref.get_submodule(name).weight.copy_(dense)
-    assert torch.allclose(out(model, x), out(ref, x), rtol=0, atol=1e-6)
-    state = sam_state(model)
-    install_sam(model, state)
-    with torch.no_grad():  # stored: W0 + scatter(indices, values)
-        for name, w in ((n, ref.get_submodule(n).weight) for n in LAYERS):
-            w0 = base.get_submodule(name).weight
-            delta = torch.zeros(w0.numel()).index_put_((state.indices[name],), state.values[name].float())
-            w.copy_(w0 + delta.view_as(w0))
-            assert torch.equal(sam_layers(model)[name].effective_weight(), w)
-    assert torch.equal(out(model, x), out(ref, x))
-
-
-# ----------------------------------------------------------------------------- storage
 def test_save_load_install_roundtrip(tmp_path, x):
     base = make_base()
     model = adapted(base, 0.1, x=x)
@@ -241,7 +68,7 @@ def _rewrite(path, meta_fn=None, tensor_fn=None, resign=False):
     if tensor_fn:
         tensor_fn(tensors)
     if resign:
-        meta["sha256"] = sam._payload_digest(meta, tensors)
+        meta["sha256"] = storage._payload_digest(meta, tensors)
     path.write_bytes(save(tensors, metadata=meta))
 
 
@@ -319,40 +146,6 @@ def test_refusals(tmp_path, x):
     assert good.read_bytes() == data and not list(tmp_path.glob("*.tmp*"))
 
 
-def test_swap_states(x):
-    base = make_base()
-    model = attach_sam(copy.deepcopy(base), 0.1)
-    train(model, x, 5, target=x.flip(-1))
-    a = sam_state(model)
-    train(model, x, 5, target=-x)
-    b = sam_state(model)
-    server = copy.deepcopy(base)
-    w0 = dict(sam._base_tensors(server))
-    install_sam(server, a)
-    out_a = out(server, x)
-    install_sam(server, b)
-    out_b = out(server, x)
-    assert not torch.equal(out_a, out_b)
-    for state, expected in ((a, out_a), (b, out_b), (a, out_a)):
-        install_sam(server, state)
-        assert torch.equal(out(server, x), expected)
-    now = sam._base_tensors(server)
-    assert all(now[n] is t and torch.equal(t, sam._base_tensors(base)[n]) for n, t in w0.items())
-    set_sam_enabled(server, False)
-    assert torch.equal(out(server, x), out(base, x))
-
-
-def test_fingerprint_ignores_wrapper():
-    base = make_base()
-    fp = base_fingerprint(base)
-    model = adapted(base, 0.1)
-    assert base_fingerprint(model) == fp
-    install_sam(model, sam_state(model))
-    assert base_fingerprint(model) == fp
-    assert sorted(sam._base_tensors(model)) == sorted(dict(base.named_parameters()))
-    assert base_fingerprint(make_base(seed=1)) != fp
-
-
 # ----------------------------------------------------------------------------- u8gap index encoding
 @pytest.mark.parametrize("indices, stream", [
     ([0], [0]),
@@ -368,19 +161,19 @@ def test_fingerprint_ignores_wrapper():
 ])
 def test_u8gap_roundtrip(indices, stream):
     idx = torch.tensor(indices, dtype=torch.long)
-    raw = sam._u8gap_encode(idx)
+    raw = storage._u8gap_encode(idx)
     assert raw.dtype == torch.uint8 and raw.tolist() == stream
-    assert sam._u8gap_size(idx) == len(stream)
-    assert torch.equal(sam._u8gap_decode(raw, len(indices)), idx)
+    assert storage._u8gap_size(idx) == len(stream)
+    assert torch.equal(storage._u8gap_decode(raw, len(indices)), idx)
 
 
 def test_u8gap_roundtrip_random():
     g = torch.Generator().manual_seed(0)
     for numel, k in ((90000, 1), (90000, 50), (90000, 900), (25600, 195), (300, 300), (70000, 69999)):
         idx = torch.randperm(numel, generator=g)[:k].sort().values
-        raw = sam._u8gap_encode(idx)
-        assert len(raw) == sam._u8gap_size(idx) <= k + (numel - k) // 255
-        assert torch.equal(sam._u8gap_decode(raw, k), idx)
+        raw = storage._u8gap_encode(idx)
+        assert len(raw) == storage._u8gap_size(idx) <= k + (numel - k) // 255
+        assert torch.equal(storage._u8gap_decode(raw, k), idx)
 
 
 def test_u8gap_file_roundtrip(tmp_path):
@@ -394,28 +187,28 @@ def test_u8gap_file_roundtrip(tmp_path):
     save_sam(path, state, sparsity=0.03, allocation="uniform", base_fingerprint=base_fingerprint(model))
     loaded = load_sam(path, model)
     rows = json.loads(loaded.meta["layers"])
-    assert [r[2] for r in rows] == ["g", "g"] and rows[0][4] == sam._u8gap_size(dense) and rows[1][4] == 1
+    assert [r[2] for r in rows] == ["g", "g"] and rows[0][4] == storage._u8gap_size(dense) and rows[1][4] == 1
     for n in ("0", "1"):
         assert torch.equal(loaded.indices[n], state.indices[n]) and torch.equal(loaded.values[n], state.values[n])
-    assert os.path.getsize(path) <= 2 * len(dense) + sam._u8gap_size(dense) + 3 + 1024
+    assert os.path.getsize(path) <= 2 * len(dense) + storage._u8gap_size(dense) + 3 + 1024
 
 
 def test_encoder_picks_smallest():
     g = torch.Generator().manual_seed(0)
     dense = torch.randperm(25600, generator=g)[:1280].sort().values      # 5 %: ~1 byte per index
-    enc, raw = sam._encode(dense, 25600)
+    enc, raw = storage._encode(dense, 25600)
     assert enc == "g" and raw.dtype == torch.uint8 and len(raw) < 1.1 * len(dense)
     sparse = torch.randperm(25600, generator=g)[:10].sort().values        # gaps ~2500: 2 bytes beat ~11
-    enc, raw = sam._encode(sparse, 25600)
+    enc, raw = storage._encode(sparse, 25600)
     assert enc == "a" and raw.dtype == torch.uint16 and torch.equal(raw.long(), sparse)
     big = torch.arange(0, 200000, 3000)                                   # numel > 65536, gaps < 65536
-    enc, raw = sam._encode(big, 200000)
+    enc, raw = storage._encode(big, 200000)
     assert enc == "d" and raw.dtype == torch.uint16 and torch.equal(raw.long().cumsum(0), big)
     far = torch.tensor([5, 100000, 199999])
-    assert sam._encode(far, 200000)[0] == "i"
-    assert sam._encode(torch.arange(0, 25600, 255), 25600)[0] == "g"      # d = 254: one byte each
-    assert sam._encode(torch.arange(0, 25600, 511), 25600)[0] == "a"      # d = 510: three bytes each
-    assert sam._encode(torch.tensor([255, 511]), 1000)[0] == "g"          # 4 bytes either way: tie -> u8gap
+    assert storage._encode(far, 200000)[0] == "i"
+    assert storage._encode(torch.arange(0, 25600, 255), 25600)[0] == "g"      # d = 254: one byte each
+    assert storage._encode(torch.arange(0, 25600, 511), 25600)[0] == "a"      # d = 510: three bytes each
+    assert storage._encode(torch.tensor([255, 511]), 1000)[0] == "g"          # 4 bytes either way: tie -> u8gap
 
 
 @pytest.mark.parametrize("stream, count", [([0, 5], 3),          # too few terminators
@@ -425,7 +218,7 @@ def test_encoder_picks_smallest():
                                            ([255], 0)])
 def test_u8gap_decode_refuses(stream, count):
     with pytest.raises(ValueError, match="malformed or truncated u8gap"):
-        sam._u8gap_decode(torch.tensor(stream, dtype=torch.uint8), count)
+        storage._u8gap_decode(torch.tensor(stream, dtype=torch.uint8), count)
 
 
 @pytest.mark.parametrize("edit", ["drop_terminator", "trailing_255", "last_to_255"])
@@ -488,3 +281,4 @@ def test_file_below_gamma_on_small_model(tmp_path):
         assert all(torch.equal(loaded.indices[k], state.indices[k]) for k in state.indices)
         if gamma == 0.01:
             assert memory_cost(path, base)["pct"] < 1.0
+
