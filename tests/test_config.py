@@ -403,3 +403,16 @@ def test_tracking_store_is_kept_out_of_dvc_and_git():
     for name in ("mlflow.db", "mlartifacts/", ".checkpoints/"):
         assert name in dvcignore
     assert "/mlflow.db" in gitignore and "/.checkpoints/" in gitignore and "/build/" in gitignore
+
+
+def test_tiny_overlay_shrinks_a_copy_and_is_no_profile():
+    raw = profile.render("quick")
+    before = copy.deepcopy(raw)
+    tiny = profile.shrink(raw)
+    assert raw == before  # a copy: the profile itself is unchanged
+    overlay = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    for block, values in overlay.items():
+        assert tiny[block] == {**raw[block], **values}
+    parse(tiny)
+    with pytest.raises(ConfigError, match="not found; known: \\['ci', 'paper', 'quick'\\]"):
+        profile.render("tiny")  # an overlay, never written to params.yaml as a profile
