@@ -2,21 +2,25 @@
 
 ``profiles/quick.yaml`` is complete; the other profiles are overlays on it. The command writes the
 merged, validated result to ``params.yaml`` (what ``dvc repro`` reads). Nothing is written when the
-result does not validate.
+result does not validate. ``profiles/tiny.yaml`` is no profile but the overlay ``shrink`` applies
+(tests, benchmark scaling runs).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
+from typing import get_args
 
 import yaml
 
-from .config import STUDIES, ConfigError, parse
+from .config import STUDIES, ConfigError, Params, parse
 from .paths import REPO
 from .storage import write_atomic
 
 PROFILES = REPO / "profiles"  # definitions that ship with the code, like pipeline/ itself
+NAMES = get_args(Params.model_fields["profile"].annotation)  # quick, paper, ci: the files that are profiles
 HEADER = ("# Written by `python -m pipeline.profile {profile} --source {source}{flags}` from profiles/; "
           "edit profiles/*.yaml, not this file.\n")
 
@@ -33,8 +37,8 @@ def render(profile: str, source: str | None = None, ablations: bool = False) -> 
     """The full params mapping of ``profile`` (validated), optionally with another data source and
     with every ablation study on (``ablate.studies``)."""
     path = PROFILES / f"{profile}.yaml"
-    if not path.is_file():
-        names = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+    if profile not in NAMES or not path.is_file():
+        names = sorted(p.stem for p in PROFILES.glob("*.yaml") if p.stem in NAMES)
         raise ConfigError(f"profile {profile!r} not found; known: {names}")
     raw = yaml.safe_load((PROFILES / "quick.yaml").read_text())
     if profile != "quick":
@@ -45,6 +49,11 @@ def render(profile: str, source: str | None = None, ablations: bool = False) -> 
         raw["ablate"]["studies"] = list(STUDIES)
     parse(raw)
     return raw
+
+
+def shrink(raw: dict) -> dict:
+    """A copy of the params mapping ``raw`` with ``profiles/tiny.yaml``'s sizes (not validated)."""
+    return merge(copy.deepcopy(raw), yaml.safe_load((PROFILES / "tiny.yaml").read_text()))
 
 
 def write(raw: dict, path: Path, flags: str = "") -> None:

@@ -113,11 +113,38 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
 
 
 # -------------------------------------------------------------------------------------------- loops
+def train_one_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                    forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, epoch: int, seed: int,
+                    batch_size: int, device: torch.device, desc: str) -> float:
+    """One epoch (0-based ``epoch``) of minimising MSE(forward(x), x) over ``images`` (uint8 NCHW);
+    returns its mean train loss.
+
+    The shuffle order and ``forward``'s noise generator depend on ``(seed, epoch)`` only, so an
+    epoch is the same whether it follows the previous one in this process or a resume. bf16
+    autocast on CUDA, fp32 on the CPU.
+    """
+    module.train()
+    gen = epoch_generator(seed, epoch, device)
+    n = len(images)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    total, seen = 0.0, 0
+    for i in progress(range(0, n, batch_size), desc):
+        x = to_float(images[order[i:i + batch_size]], device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = nn.functional.mse_loss(forward(x, gen).float(), x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(x)
+        seen += len(x)
+    return total / seen
+
+
 def fit(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
         forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, epochs: int, batch_size: int,
         seed: int, device: torch.device, checkpoint: Path, key: str, desc: str,
         on_epoch: Callable[[int, float], dict] | None = None) -> list[dict]:
-    """Minimise MSE(forward(x), x) over ``images`` (uint8 NCHW); checkpoint after every epoch.
+    """``train_one_epoch`` for each epoch not yet done, with a checkpoint after every epoch.
 
     ``module`` holds everything trained (its state_dict is checkpointed with the optimizer's);
     ``on_epoch(epoch, train_loss)`` returns extra per-epoch metrics for the history.
@@ -130,23 +157,10 @@ def fit(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tenso
         optimizer.load_state_dict(state["optimizer"])
         history, start = [dict(h) for h in state["history"]], int(state["epoch"])
         print(f"{desc}: resumed from checkpoint at epoch {start}/{epochs}", flush=True)
-    use_amp = device.type == "cuda"
-    n = len(images)
     for epoch in range(start, epochs):
-        module.train()
-        gen = epoch_generator(seed, epoch, device)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        total, seen = 0.0, 0
-        for i in progress(range(0, n, batch_size), f"{desc} epoch {epoch + 1}/{epochs}"):
-            x = to_float(images[order[i:i + batch_size]], device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = nn.functional.mse_loss(forward(x, gen).float(), x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(x)
-            seen += len(x)
-        row = {"epoch": epoch + 1, "train_loss": total / seen}
+        loss = train_one_epoch(module, optimizer, images, forward, epoch=epoch, seed=seed, batch_size=batch_size,
+                               device=device, desc=f"{desc} epoch {epoch + 1}/{epochs}")
+        row = {"epoch": epoch + 1, "train_loss": loss}
         if on_epoch is not None:
             row.update(on_epoch(epoch + 1, row["train_loss"]))
         history.append(row)

@@ -6,7 +6,6 @@ repository's build/, reports/, .checkpoints/ or mlflow.db (no module global is p
 """
 from __future__ import annotations
 
-import copy
 import shutil
 import sys
 from pathlib import Path
@@ -16,26 +15,7 @@ import torch
 
 from pipeline import config, profile
 from pipeline.paths import REPO, Paths
-
-# Shrunken sizes: every stage finishes in about a second on one CPU core.
-TINY = {
-    "data": {"n_pretrain": 64, "n_base_test": 32, "builtin_scales": [0.25]},
-    "domains": {"n_train": 32, "n_test": 16, "preview_count": 2},
-    "model": {"width": 4},
-    "train": {"batch_size": 16, "device": "cpu", "threads": 1},  # 1: robust on a shared 2-core machine
-    "pretrain": {"epochs": 2},
-    "adapt": {"epochs": 1},
-    "tuning": {"retune_epochs": 1},
-    "equalizer": {"epochs": 1},
-    "evaluate": {"reconstructions": 2},
-}
-
-
-def shrink(raw: dict) -> dict:
-    out = copy.deepcopy(raw)
-    for block, values in TINY.items():
-        out[block].update(copy.deepcopy(values))
-    return out
+from pipeline.profile import shrink  # profiles/tiny.yaml: every stage in about a second on one core
 
 
 def make_params(raw: dict) -> config.Params:

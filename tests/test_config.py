@@ -300,3 +300,16 @@ def test_flat_params_uses_dotted_keys_for_every_leaf():
     assert flat["adapt.score_lr"] == 1.0 and flat["data.source"] == "builtin"
     assert all(not isinstance(v, dict) for v in flat.values())
     assert len(flat) == sum(len(v) if isinstance(v, dict) else 1 for v in quick().values())
+
+
+def test_tiny_overlay_shrinks_a_copy_and_is_no_profile():
+    raw = profile.render("quick")
+    before = copy.deepcopy(raw)
+    tiny = profile.shrink(raw)
+    assert raw == before  # a copy: the profile itself is unchanged
+    overlay = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
+    for block, values in overlay.items():
+        assert tiny[block] == {**raw[block], **values}
+    parse(tiny)
+    with pytest.raises(ConfigError, match="not found; known: \\['ci', 'paper', 'quick'\\]"):
+        profile.render("tiny")  # an overlay, never written to params.yaml as a profile
