@@ -2,9 +2,9 @@
 real byte counts, the equalizer equalizes, evaluate/network/ablate measure what SPEC.md says
 (sam's links are the pretrained link bit for bit, C1).
 
-Every test runs in its own isolated project (conftest ``prepared``); the expensive part (pretrain +
-every adapt cell, ~15 s) is built once per module and its build/ copied into each test's project.
-The tests raise two tiny-config params (tuning.lr, equalizer.epochs): see TUNING_LR below.
+Every test runs in its own isolated project with a copy of the session's adapted build/ (conftest
+``adapted``: pretrain + every adapt cell, built once; it raises tuning.lr and equalizer.epochs, see
+TUNING_LR there).
 """
 from __future__ import annotations
 
@@ -19,41 +19,10 @@ from safetensors.torch import load_file
 from pipeline.methods import BASE_AGENT, CELL_KEYS, Context, Variant
 from pipeline.metrics import ordered_pairs
 
-from .conftest import adapt_every_cell
+from .conftest import ADAPTED_DOMAINS, ADAPTED_SPARSITIES
 
-DOMAINS = ["VA", "VH"]
-SPARSITIES = [0.01, 0.1]
-# Test 3 needs agents that are really misaligned and an equalizer that really trains; the tiny config
-# gives neither: tuning makes 2 Adam steps at lr 3e-4 (the tuned agents then talk as well as the
-# pretrained pair: nothing to equalize) and each equalizer makes 2 steps from the identity (a ~0.001 dB
-# effect). So these tests raise tuning.lr to 0.03 (the same 2 steps then cost the VA->VH and VH->VA
-# links 3.4 and 6.5 dB) and equalizer.epochs to 30 (60 steps, a fraction of a second per equalizer),
-# which brings both links back to within 0.1 dB of the pretrained one: a gain of 3.5 and 6.5 dB against
-# a 1 dB threshold. The run is deterministic (fixed seeds, torch deterministic algorithms, one thread),
-# so the margin is the same on every run. (tuning.lr 0.05 wrecks VH's own decoder, which no
-# Tx-side equalizer can repair: the gain is then < 1 dB; 0.02 leaves VA->VH without misalignment.)
-TUNING_LR = 0.03
-EQUALIZER_EPOCHS = 30
+DOMAINS, SPARSITIES = ADAPTED_DOMAINS, ADAPTED_SPARSITIES
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def _build_cache(tmp_path_factory):
-    """Where the first test leaves the adapted build/ for the others (built once per module)."""
-    return {"dir": tmp_path_factory.mktemp("methods") / "build", "ready": False}
-
-
-@pytest.fixture
-def adapted(prepared, _build_cache):
-    """The isolated project with two domains, pretrained, and every method's cells adapted."""
-    raw = prepared.raw
-    raw["domains"]["names"] = list(DOMAINS)
-    raw["adapt"]["sparsities"] = list(SPARSITIES)
-    raw["ablate"]["domains"] = ["VH"]
-    raw["tuning"]["lr"] = TUNING_LR
-    raw["equalizer"]["epochs"] = EQUALIZER_EPOCHS
-    prepared.write_params(raw)
-    return adapt_every_cell(prepared, _build_cache)
 
 
 def context(project, **kw) -> Context:
