@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .domains import DOMAINS
 from .paths import REPO
 
 BUILTIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
@@ -69,7 +70,7 @@ class Data(_Block):
 
 
 class Domains(_Block):
-    names: tuple[Literal["VA", "VP", "VC", "VH"], ...] = Field(min_length=2)
+    names: tuple[str, ...] = Field(min_length=2, description="local domains, keys of pipeline.domains.DOMAINS")
     n_train: Count
     n_test: Count
     rotation_degrees: tuple[Annotated[float, Field(ge=0, le=180)], Annotated[float, Field(ge=0, le=180)]]
@@ -82,6 +83,8 @@ class Domains(_Block):
     @field_validator("names")
     @classmethod
     def _unique(cls, v):
+        if unknown := [n for n in v if n not in DOMAINS]:
+            raise ValueError(f"unknown domains {unknown}; known: {list(DOMAINS)} (pipeline/domains.py)")
         if len(set(v)) != len(v):
             raise ValueError("domain names must be unique")
         return v
@@ -151,7 +154,7 @@ STUDIES = ("allocation", "mask", "sparsity", "snr")  # every ablation study (sta
 
 class Ablate(_Block):
     studies: tuple[Literal[STUDIES], ...] = Field(description="the ablate matrix; empty: no ablations")
-    domains: tuple[Literal["VA", "VP", "VC", "VH"], ...] = Field(min_length=1)
+    domains: tuple[str, ...] = Field(min_length=1, description="among domains.names")
     sparsity: Annotated[float, Field(gt=0, le=1)] = Field(description="sparsity of the allocation and mask studies")
     sparsities: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(min_length=3)
     snr_db: tuple[Annotated[float, Field(ge=-30, le=60)], ...] = Field(min_length=1)

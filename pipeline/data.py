@@ -1,4 +1,5 @@
-"""Data sources (builtin photos, CIFAR-100) and the four local-domain transforms of SPEC.md.
+"""Data sources (builtin photos, CIFAR-100) and the splits: base and domain images from disjoint base images
+(the domain transforms are ``pipeline/domains.py``).
 
 Images travel as uint8 arrays ``(N, 32, 32, 3)`` (HWC RGB), saved with ``np.save`` and read with
 ``allow_pickle=False``. Nothing here runs arbitrary code from a file.
@@ -13,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import BUILTIN_PHOTOS, Domains, InputError, Params
+from .config import BUILTIN_PHOTOS, InputError, Params
+from .domains import THUMB, apply_domain
 from .paths import Paths
 
-THUMB = 32
 
 
 class DataError(InputError):
@@ -152,53 +153,6 @@ def cifar100_pools(params: Params, paths: Paths, download_timeout: float = 5.0) 
     if found is None:
         raise DataError(f"CIFAR-100 downloaded into {root} but no cifar-100-python folder was found there")
     return found
-
-
-# ------------------------------------------------------------------------------------ local domains
-def _uniform_signed(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(rng.uniform(lo, hi) * rng.choice((-1.0, 1.0)))
-
-
-def _perspective_points(rng: np.random.Generator, distortion: float) -> tuple[list, list]:
-    """Corner displacements as in torchvision's RandomPerspective, drawn from our own generator."""
-    half = THUMB // 2
-    d = int(distortion * half)
-    tl = [int(rng.integers(0, d + 1)), int(rng.integers(0, d + 1))]
-    tr = [THUMB - 1 - int(rng.integers(0, d + 1)), int(rng.integers(0, d + 1))]
-    br = [THUMB - 1 - int(rng.integers(0, d + 1)), THUMB - 1 - int(rng.integers(0, d + 1))]
-    bl = [int(rng.integers(0, d + 1)), THUMB - 1 - int(rng.integers(0, d + 1))]
-    start = [[0, 0], [THUMB - 1, 0], [THUMB - 1, THUMB - 1], [0, THUMB - 1]]
-    return start, [tl, tr, br, bl]
-
-
-def domain_transform(name: str, cfg: Domains, rng: np.random.Generator):
-    """One image's transform for domain ``name`` (VA, VP, VC, VH), parameters drawn from ``rng``."""
-    # torchvision is imported here, not at the top: importing it costs ~1.5 s (it loads torch's
-    # compiler stack), paid by every stage process otherwise.
-    from torchvision.transforms import v2
-    from torchvision.transforms.v2 import functional as TF
-    bilinear = v2.InterpolationMode.BILINEAR
-    if name == "VA":
-        angle = _uniform_signed(rng, *cfg.rotation_degrees)
-        return lambda img: TF.rotate(img, angle, interpolation=bilinear)
-    if name == "VP":
-        start, end = _perspective_points(rng, cfg.perspective_distortion)
-        return lambda img: TF.perspective(img, start, end, interpolation=bilinear)
-    if name == "VC":
-        factor = float(rng.uniform(*cfg.contrast_factor))
-        return lambda img: TF.adjust_contrast(img, factor)
-    if name == "VH":
-        shift = _uniform_signed(rng, *cfg.hue_shift)
-        return lambda img: TF.adjust_hue(img, shift)
-    raise ValueError(f"unknown domain {name!r}")
-
-
-def apply_domain(name: str, images: np.ndarray, cfg: Domains, seed: int) -> np.ndarray:
-    """Transform every image (uint8 NHWC) into domain ``name``; deterministic for a given seed."""
-    rng = np.random.default_rng([seed, ["VA", "VP", "VC", "VH"].index(name)])
-    chw = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-    out = torch.stack([domain_transform(name, cfg, rng)(img) for img in chw])
-    return out.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def split_names(params: Params) -> list[str]:
