@@ -149,6 +149,14 @@ class Evaluate(_Block):
     reconstructions: Annotated[int, Field(ge=1, le=16)]
 
 
+class Execute(_Block):
+    """How the adapt stages run their cells (pipeline/executors.py); the numbers do not depend on it."""
+    executor: Literal["local", "pool", "ray"] = Field(description="local: in the stage process; pool: worker "
+                                                      "processes; ray: Ray tasks (RAY_ADDRESS or a local Ray)")
+    workers: Annotated[int, Field(ge=0, le=4096)] = Field(description="pool workers; 0: cores // train.threads")
+    gpus_per_cell: Annotated[float, Field(gt=0, le=1)] = Field(description="ray on CUDA: GPU share of a cell")
+
+
 STUDIES = ("allocation", "mask", "sparsity", "snr")  # every ablation study (stage ``ablate``)
 
 
@@ -173,6 +181,7 @@ class Params(_Block):
     domains: Domains
     model: Model
     train: Train
+    execute: Execute
     pretrain: Pretrain
     adapt: Adapt
     tuning: Tuning

@@ -12,6 +12,8 @@ Layout under the root (``run`` = ``<source>-<profile>``):
   ``ablations/``, ``claims.*``;
 - ``.checkpoints/<run>/``: per-epoch training checkpoints, outside every DVC output so that a
   killed stage resumes;
+- ``.cells/<run>/<method>/``: computed adapt cells by content key, outside every DVC output, so that
+  an unchanged cell is never recomputed;
 - ``mlflow.db``, ``mlartifacts/``: the MLflow store.
 """
 from __future__ import annotations
@@ -156,7 +158,10 @@ class Paths:
     def claims_md(self) -> Path:
         return self.reports / "claims.md"
 
-    # ------------------------------------------------------------------ .checkpoints/<run>
+    # ------------------------------------------------------------------ .checkpoints/<run>, .cells/<run>
     @property
     def checkpoints(self) -> Path:
         return self.root / ".checkpoints" / self.run
+
+    def cell_store(self, method: str) -> Path:
+        return self.root / ".cells" / self.run / method

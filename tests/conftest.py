@@ -136,16 +136,12 @@ def adapted_raw(raw: dict) -> dict:
 
 
 def adapt_every_cell(params: config.Params, paths: Paths) -> None:
-    """Pretrain, then adapt every method's cells (sam per domain x sparsity, tuning per domain, then the
-    equalizers, which need every tuned agent)."""
+    """Pretrain, then the adapt stage of every method (sam per domain x sparsity, tuning per domain, then
+    the equalizers, which need every tuned agent)."""
     from pipeline.stages import adapt, pretrain
     pretrain.main(params, paths)
-    for d in params.domains.names:
-        for s in params.adapt.sparsities:
-            adapt.main(params, paths, ["--method", "sam", "--domain", d, "--sparsity", str(s)])
-        adapt.main(params, paths, ["--method", "tuning", "--domain", d])
-    for d in params.domains.names:
-        adapt.main(params, paths, ["--method", "equalizer", "--domain", d])
+    for method in ("sam", "tuning", "equalizer"):
+        adapt.main(params, paths, ["--method", method])
 
 
 @pytest.fixture(scope="session")

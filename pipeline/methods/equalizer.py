@@ -20,6 +20,8 @@ from .tuning import copy_bytes, tuned_models
 
 NAME = "equalizer"
 USES_SPARSITY = False
+PARAMS = ("model", "train", "adapt.seed", "equalizer", "domains.n_train", "evaluate.noise_seed", "evaluate.snr_db")
+NEEDS = ("tuning",)  # its cells read every domain's tuned agent (the adapt_tuning stage's outputs)
 
 
 class Equalizer(nn.Module):

@@ -15,6 +15,8 @@ from . import BASE_AGENT, Context, Variant
 
 NAME = "sam"
 USES_SPARSITY = True
+# The params a cell's result depends on (dvc.yaml's adapt_sam lists the same; tests/test_dvc.py checks).
+PARAMS = ("model", "train", "adapt", "evaluate.noise_seed", "evaluate.snr_db")
 
 
 def sam_path(ctx: Context, domain: str, sparsity: float):

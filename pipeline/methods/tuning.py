@@ -18,6 +18,8 @@ from . import BASE_AGENT, Context, Variant
 
 NAME = "tuning"
 USES_SPARSITY = False
+PARAMS = ("model", "train", "adapt.epochs", "adapt.seed", "tuning", "domains.n_train", "evaluate.noise_seed",
+          "evaluate.snr_db")
 
 
 RETUNED = "retuned"  # the variant name of the re-tuned agent's file

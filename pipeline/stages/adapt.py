@@ -1,65 +1,194 @@
-"""Stage ``adapt_<method>``: one DVC matrix cell = one agent adapted to one domain (and sparsity).
+"""Stage ``adapt_<method>``: every cell of one method (domains x sparsities) in one process.
 
-``python -m pipeline.stages.adapt --method sam --domain VA --sparsity 0.001``
-Writes the method's artefacts and ``build/<run>/adapt/<method>/<cell>.json`` (keys: CELL_KEYS).
+``python -m pipeline.stages.adapt --method sam`` plans the cells of params.yaml, computes the missing
+ones through the executor of ``execute.executor`` (local, pool, ray) and assembles the stage's output
+folder ``build/<run>/adapt/<method>/`` (per cell: the method's artefacts and ``<cell>.json``, keys
+CELL_KEYS).
+
+Content-keyed cells: a cell's key hashes everything its result depends on (its coordinates, the
+method's params less the grid lists, the code the stage runs, the data and upstream files); computed
+cells are kept in ``.cells/<run>/<method>/<cell>-<key>/``, outside every DVC output, so a cell whose
+key is unchanged is copied, not recomputed (changing one sparsity recomputes only that sparsity's
+cells). A cell is computed in a temporary folder and renamed into place when complete: a killed
+worker leaves nothing half-written that could be read, and two workers finishing the same cell
+keep the first complete copy.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import shutil
-
-import torch
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import ConfigError, Params
-from ..methods import CELL_KEYS, Context, registry
-from ..paths import Paths
-from ..tracking import Tracker
-from ..train import setup_runtime
+from ..paths import Cell, Paths, cell_name
+from ..tracking import Tracker, execution_key, tracking_uri
 from . import run, write_json
+
+GRID_KEYS = ("adapt.sparsities", "domains.names")  # what spans the cells; not part of a cell's key
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", required=True)
-    ap.add_argument("--domain", required=True)
-    ap.add_argument("--sparsity", type=float)
     return ap.parse_args(argv)
 
 
-def check_cell(params: Params, method: str, domain: str, sparsity: float | None):
-    """Refuse a cell that params.yaml does not define (one line, before any work)."""
+def method_module(name: str):
+    from ..methods import registry
     methods = registry()
-    if method not in methods:
-        raise ConfigError(f"adapt: unknown method {method!r}; known: {sorted(methods)}")
-    if domain not in params.domains.names:
-        raise ConfigError(f"adapt: domain {domain!r} not in domains.names {list(params.domains.names)}")
-    uses = methods[method].USES_SPARSITY
-    if uses and sparsity not in params.adapt.sparsities:
-        raise ConfigError(f"adapt: --sparsity {sparsity} not in adapt.sparsities {list(params.adapt.sparsities)}")
-    if not uses and sparsity is not None:
-        raise ConfigError(f"adapt: method {method!r} takes no --sparsity")
-    return methods[method]
+    if name not in methods:
+        raise ConfigError(f"adapt: unknown method {name!r}; known: {sorted(methods)}")
+    return methods[name]
+
+
+def grid(params: Params, module) -> list[tuple[str, float | None]]:
+    sparsities = params.adapt.sparsities if module.USES_SPARSITY else (None,)
+    return [(d, s) for d in params.domains.names for s in sparsities]
+
+
+# ------------------------------------------------------------------------------------------ keys
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def key_params(params: Params, module) -> dict:
+    """The values of the method's ``PARAMS`` (the keys dvc.yaml lists for its stage), grid lists removed."""
+    tree = params.model_dump(mode="json")
+    out = {}
+    for key in module.PARAMS:
+        value = _lookup(tree, key)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{key}.{k}" not in GRID_KEYS}
+        out[key] = value
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 of the source of every ``pipeline`` module this process has loaded (the code a cell runs)."""
+    h = hashlib.sha256()
+    files = sorted({Path(m.__file__) for n, m in list(sys.modules.items())
+                    if (n == "pipeline" or n.startswith("pipeline.")) and getattr(m, "__file__", None)})
+    for f in files:
+        h.update(f"{f.parent.name}/{f.name}\n".encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def input_digests(paths: Paths, module) -> dict[str, str]:
+    """sha256 of every file a cell may read: the data splits, the pretrained model, upstream methods' files."""
+    files = sorted(paths.data.glob("*.npy")) + [paths.pretrained]
+    for upstream in getattr(module, "NEEDS", ()):
+        files += sorted(p for p in paths.adapt(upstream).iterdir() if p.is_file())
+    missing = [f for f in files if not f.is_file()]
+    if missing or not files[:-1]:
+        raise ConfigError(f"adapt: inputs missing ({', '.join(map(str, missing)) or paths.data}); run the "
+                          "earlier stages first (dvc repro)")
+    return {f.relative_to(paths.root).as_posix(): _sha256(f) for f in files}
+
+
+def cell_key(module, domain: str, sparsity: float | None, common: dict) -> str:
+    parts = {"method": module.NAME, "domain": domain, "sparsity": sparsity, **common}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+# ------------------------------------------------------------------------------------------ cells
+@dataclass(frozen=True)
+class Task:
+    """One cell to compute (picklable: it travels to pool and Ray workers)."""
+    params: Params
+    paths: Paths
+    method: str
+    domain: str
+    sparsity: float | None
+    key: str
+
+    @property
+    def stored(self) -> Path:
+        return self.paths.cell_store(self.method) / f"{cell_name(self.domain, self.sparsity)}-{self.key}"
+
+
+def compute(task: Task) -> dict:
+    """Compute one cell into a temporary folder, then rename it into the cell store (atomic)."""
+    import torch
+
+    from ..methods import CELL_KEYS, Context
+    from ..train import setup_runtime
+    if task.stored.is_dir():  # another worker finished it first
+        return json.loads((task.stored / f"{cell_name(task.domain, task.sparsity)}.json").read_text())
+    params, paths, module = task.params, task.paths, method_module(task.method)
+    final = paths.cell(task.method, task.domain, task.sparsity)
+    tmp = task.stored.with_name(f".tmp-{task.stored.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    out = Cell(tmp, final.name, final.checkpoints)
+    rt = setup_runtime(params)
+    ctx = Context(params, paths, rt.pop("device_obj"), checkpoints=out.checkpoints)
+    torch.manual_seed(params.adapt.seed)
+    with Tracker(params, paths, f"adapt_{task.method}", out.name) as tracker:
+        tracker.set_tags({**rt, "method": task.method, "domain": task.domain, "sparsity": str(task.sparsity),
+                          "cell_key": task.key})
+        result = module.adapt(ctx, task.domain, task.sparsity, out, tracker)
+        assert tuple(result) == CELL_KEYS, f"{task.method}.adapt returned keys {tuple(result)}, expected {CELL_KEYS}"
+        tracker.log_metrics({k: v for k, v in result.items() if k in ("domain_psnr", "memory_bytes", "memory_cost_pct")})
+        tracker.log_metrics({k: v for k, v in result["details"].items() if isinstance(v, (int, float))})
+        # No run id or commit here: a cached intermediate must be byte-identical across equal runs.
+        write_json(out.metrics, result)
+    try:
+        os.rename(tmp, task.stored)  # complete: visible to readers only now
+    except OSError:  # the same cell finished by another worker meanwhile: keep the first copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(out.checkpoints, ignore_errors=True)  # the cell is complete: its checkpoints have served
+    print(f"adapt {task.method} {out.name}: domain PSNR {result['domain_psnr']:.2f} dB, "
+          f"memory {result['memory_cost_pct']:.3f} %", flush=True)
+    return result
+
+
+def executor(params: Params, paths: Paths):
+    from .. import executors
+    env = {"ZFDA_EXECUTION": execution_key(), "MLFLOW_TRACKING_URI": tracking_uri(paths),
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    e = params.execute
+    return executors.make(e.executor, threads=executors.cell_threads(params.train.threads), workers=e.workers,
+                          gpus_per_cell=e.gpus_per_cell, env=env)
 
 
 def main(params: Params, paths: Paths, argv=None) -> None:
     args = parse_args(argv)
-    module = check_cell(params, args.method, args.domain, args.sparsity)
-    rt = setup_runtime(params)
-    cell = paths.cell(args.method, args.domain, args.sparsity)  # the stage owns the cell's outputs
-    cell.folder.mkdir(parents=True, exist_ok=True)
-    ctx = Context(params, paths, rt.pop("device_obj"), checkpoints=cell.checkpoints)
-    torch.manual_seed(params.adapt.seed)
-    with Tracker(params, paths, f"adapt_{args.method}", cell.name) as tracker:
-        tracker.set_tags({**rt, "method": args.method, "domain": args.domain, "sparsity": str(args.sparsity)})
-        result = module.adapt(ctx, args.domain, args.sparsity, cell, tracker)
-        assert tuple(result) == CELL_KEYS, f"{args.method}.adapt returned keys {tuple(result)}, expected {CELL_KEYS}"
-        tracker.log_metrics({k: v for k, v in result.items() if k in ("domain_psnr", "memory_bytes", "memory_cost_pct")})
-        tracker.log_metrics({k: v for k, v in result["details"].items() if isinstance(v, (int, float))})
-        # No run id or commit here: a cached intermediate must be byte-identical across equal runs.
-        write_json(cell.metrics, result)
-    shutil.rmtree(cell.checkpoints, ignore_errors=True)  # the cell is complete: its checkpoints have served
-    print(f"adapt {args.method} {cell.name}: domain PSNR {result['domain_psnr']:.2f} dB, "
-          f"memory {result['memory_cost_pct']:.3f} %")
+    module = method_module(args.method)
+    common = {"params": key_params(params, module), "code": code_digest(), "inputs": input_digests(paths, module)}
+    tasks = [Task(params, paths, args.method, d, s, cell_key(module, d, s, common)) for d, s in grid(params, module)]
+    todo = [t for t in tasks if not t.stored.is_dir()]
+    start = time.perf_counter()
+    with Tracker(params, paths, f"adapt_{args.method}") as tracker:
+        tracker.run_id  # the parent and this stage's run exist before any worker logs (no race on the store)
+        run_ex = executor(params, paths)
+        run_ex.map(compute, todo)
+        tracker.log_metrics({"cells": len(tasks), "cells_computed": len(todo), "seconds": time.perf_counter() - start})
+        tracker.set_tags({"executor": run_ex.kind})
+    folder = paths.adapt(args.method)
+    shutil.rmtree(folder, ignore_errors=True)  # exactly the cells of params.yaml, from the store
+    folder.mkdir(parents=True)
+    for t in tasks:
+        for f in sorted(t.stored.iterdir()):
+            shutil.copy2(f, folder / f.name)
+    print(f"adapt {args.method}: {len(tasks)} cells, {len(todo)} computed ({run_ex.kind}), "
+          f"{len(tasks) - len(todo)} unchanged, {time.perf_counter() - start:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,160 @@
+"""The adapt stage's cells and executors: one process per method, content-keyed cells, and the same
+bytes whatever the executor (local, pool; ray in tests marked ``ray``, run by .ci/run on a local head)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from pipeline import executors
+from pipeline.stages import adapt, pretrain
+
+from .conftest import adapted_raw
+
+
+def digests(folder) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def without_timing(folder) -> dict:
+    """The cells' metrics less their wall times (the only fields that differ between equal runs)."""
+    out = {}
+    for p in sorted(folder.glob("*.json")):
+        cell = json.loads(p.read_text())
+        cell["details"] = {k: v for k, v in cell["details"].items() if k != "train_seconds"}
+        out[p.name] = cell
+    return out
+
+
+def stored(project, method="sam") -> list[str]:
+    store = project.paths.cell_store(method)
+    return sorted(p.name for p in store.iterdir()) if store.is_dir() else []
+
+
+@pytest.fixture
+def pretrained(prepared):
+    prepared.write_params(adapted_raw(prepared.raw))
+    pretrain.main(prepared.params, prepared.paths)
+    return prepared
+
+
+def run_sam(project, executor="local", workers=0):
+    raw = project.raw
+    raw["execute"].update(executor=executor, workers=workers)
+    project.write_params(raw)
+    adapt.main(project.params, project.paths, ["--method", "sam"])
+    return project.paths.adapt("sam")
+
+
+def test_one_process_computes_every_cell_and_assembles_the_stage_folder(pretrained, capsys):
+    folder = run_sam(pretrained)
+    params = pretrained.params
+    names = {f"{d}-{s:g}" for d in params.domains.names for s in params.adapt.sparsities}
+    assert {p.stem for p in folder.iterdir()} == names
+    assert len(stored(pretrained)) == len(names)
+    assert f"{len(names)} cells, {len(names)} computed (local)" in capsys.readouterr().out
+
+
+def test_an_unchanged_cell_is_not_recomputed(pretrained, capsys):
+    folder = run_sam(pretrained)
+    first, store = digests(folder), stored(pretrained)
+    capsys.readouterr()
+    run_sam(pretrained)
+    assert "0 computed" in capsys.readouterr().out
+    assert digests(folder) == first and stored(pretrained) == store
+
+
+def test_a_changed_sparsity_recomputes_only_its_cells(pretrained, capsys):
+    run_sam(pretrained)
+    before = set(stored(pretrained))
+    kept = [n for n in before if n.split("-")[1] == "0.01"]
+    raw = pretrained.raw
+    raw["adapt"]["sparsities"] = [0.01, 0.05]
+    pretrained.write_params(raw)
+    capsys.readouterr()
+    folder = run_sam(pretrained)
+    out = capsys.readouterr().out
+    assert "4 cells, 2 computed" in out, out
+    now = set(stored(pretrained))
+    assert set(kept) <= now and len(now - before) == 2  # the 0.01 cells reused, two new 0.05 cells
+    assert sorted(p.stem for p in folder.glob("*.json")) == ["VA-0.01", "VA-0.05", "VH-0.01", "VH-0.05"]
+
+
+def test_another_param_changes_every_key(pretrained):
+    run_sam(pretrained)
+    before = set(stored(pretrained))
+    raw = pretrained.raw
+    raw["adapt"]["value_lr"] *= 2
+    pretrained.write_params(raw)
+    run_sam(pretrained)
+    assert set(stored(pretrained)).isdisjoint(before) is False  # old cells stay in the store...
+    assert len(set(stored(pretrained)) - before) == len(before)  # ...and every cell got a new key
+
+
+def test_a_half_written_cell_is_never_read(pretrained):
+    """A worker killed mid-cell leaves only a temporary folder: the next run recomputes that cell."""
+    run_sam(pretrained)
+    store = pretrained.paths.cell_store("sam")
+    victim = sorted(store.iterdir())[0]
+    victim.rename(store / f".tmp-{victim.name}-12345")  # as a SIGKILL before the final rename leaves it
+    (store / f".tmp-{victim.name}-12345" / f"{victim.name.rsplit('-', 1)[0]}.json").write_text("{garbage")
+    folder = run_sam(pretrained)
+    assert victim.is_dir()
+    json.loads((folder / f"{victim.name.rsplit('-', 1)[0]}.json").read_text())  # the recomputed, whole cell
+
+
+def test_two_workers_finishing_the_same_cell_keep_one_copy(pretrained):
+    from pipeline.methods import registry
+    run_sam(pretrained)
+    params, paths = pretrained.params, pretrained.paths
+    module = registry()["sam"]
+    common = {"params": adapt.key_params(params, module), "code": adapt.code_digest(),
+              "inputs": adapt.input_digests(paths, module)}
+    d, s = params.domains.names[0], params.adapt.sparsities[0]
+    task = adapt.Task(params, paths, "sam", d, s, adapt.cell_key(module, d, s, common))
+    assert task.stored.is_dir()  # the stage's own key: the same as computed here
+    before = digests(task.stored)
+    assert adapt.compute(task)["domain_psnr"] == json.loads((task.stored / f"{d}-{s:g}.json").read_text())[
+        "domain_psnr"]
+    assert digests(task.stored) == before
+
+
+def test_pool_gives_the_same_bytes_as_local(pretrained):
+    local = run_sam(pretrained)
+    expected, metrics = digests(local), without_timing(local)
+    for p in pretrained.paths.cell_store("sam").iterdir():
+        for f in p.iterdir():
+            f.unlink()
+        p.rmdir()
+    pooled = run_sam(pretrained, "pool", workers=2)
+    assert {k: v for k, v in digests(pooled).items() if k.endswith(".safetensors")} == \
+        {k: v for k, v in expected.items() if k.endswith(".safetensors")}
+    assert without_timing(pooled) == metrics
+
+
+def test_executor_settings(monkeypatch):
+    assert executors.make("local", threads=1).kind == "local"
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert executors.make("pool", threads=4).workers == 4  # whole workers, never split threads
+    assert executors.make("pool", threads=4, workers=3).workers == 3
+    with pytest.raises(ValueError, match="executor must be one of"):
+        executors.make("slurm", threads=1)
+
+
+@pytest.mark.ray
+def test_ray_gives_the_same_bytes_as_local(pretrained):
+    """Needs a Ray head: ``ray start --head --node-ip-address 127.0.0.1`` and RAY_ADDRESS=127.0.0.1:6379
+    (.ci/run does both); without RAY_ADDRESS a local Ray is started for the stage."""
+    local = run_sam(pretrained)
+    expected, metrics = digests(local), without_timing(local)
+    store = pretrained.paths.cell_store("sam")
+    for p in store.iterdir():
+        for f in p.iterdir():
+            f.unlink()
+        p.rmdir()
+    remote = run_sam(pretrained, "ray")
+    assert {k: v for k, v in digests(remote).items() if k.endswith(".safetensors")} == \
+        {k: v for k, v in expected.items() if k.endswith(".safetensors")}
+    assert without_timing(remote) == metrics
