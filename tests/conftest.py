@@ -25,7 +25,7 @@ REPO = config.ROOT
 
 # Shrunken sizes: every stage finishes in about a second on one CPU core.
 TINY = {
-    "data": {"n_pretrain": 64, "n_base_test": 32, "builtin_scales": [0.25]},
+    "data": {"n_pretrain": 64, "n_base_test": 32, "builtin": {"scales": [0.25]}},
     "domains": {"n_train": 32, "n_test": 16, "preview_count": 2},
     "model": {"width": 4},
     "train": {"batch_size": 16, "device": "cpu", "threads": 1},  # 1: robust on a shared 2-core machine
@@ -38,10 +38,7 @@ TINY = {
 
 
 def shrink(raw: dict) -> dict:
-    out = copy.deepcopy(raw)
-    for block, values in TINY.items():
-        out[block].update(copy.deepcopy(values))
-    return out
+    return profile.merge(copy.deepcopy(raw), copy.deepcopy(TINY))
 
 
 def make_params(raw: dict) -> config.Params:

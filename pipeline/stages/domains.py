@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 
 from ..config import Params
-from ..data import apply_domain, build_splits, grid
+from ..data import apply_domain, build_splits, grid, photo_split
 from ..tracking import Tracker
 from . import provenance, run, save_figure, write_json, write_npy
 
@@ -33,6 +33,9 @@ def main(params: Params) -> None:
     with Tracker(params, "domains") as tracker:
         splits = build_splits(params)
         manifest = {"provenance": provenance(params, tracker.run_id), "splits": {}}
+        photos = photo_split(params)
+        if photos is not None:  # sources cut from photos: which photos the train and test tiles come from
+            manifest["photos"] = photos
         for name, arr in splits.items():
             write_npy(data_dir(params) / f"{name}.npy", arr)
             manifest["splits"][name] = {"shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
