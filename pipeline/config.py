@@ -123,6 +123,8 @@ class Model(_Block):
     width: Annotated[int, Field(ge=1, le=512)]
     bandwidth_ratio: Annotated[float, Field(gt=0, le=1)]
     snr_db: Annotated[float, Field(ge=-30, le=60)]
+    channel: Literal["awgn", "rayleigh"] = Field(
+        description="awgn; rayleigh: block fading per image, receiver knows the coefficient (pipeline/model.py)")
 
 
 class Train(_Block):

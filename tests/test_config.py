@@ -154,10 +154,13 @@ def test_profile_command_refuses_folder_with_another_source(tmp_path, capsys):
     assert err.count("\n") == 1 and "--folder" in err and "cifar10" in err
 
 
-def test_each_source_has_its_own_params_block():
+def test_each_source_has_its_own_params_block_and_the_default_channel_is_awgn():
     data = quick()["data"]
     assert {k for k, v in data.items() if isinstance(v, dict)} == {"builtin", "cifar100", "cifar10", "folder"}
     assert not [k for k in data if "_" in k and k.split("_")[0] in ("builtin", "cifar100", "cifar10", "folder")]
+    from pipeline.model import CHANNELS
+    assert parse(quick()).model.channel == "awgn"
+    assert set(config.Model.model_fields["channel"].annotation.__args__) == set(CHANNELS)
 
 
 def test_profile_command_refuses_an_unknown_source(tmp_path):
@@ -243,6 +246,7 @@ MALFORMED = [
     ("data.folder.path", _set("data.folder.path", None)),
     ("data.cifar10.root", _set("data.cifar10.root", 3)),
     ("data.builtin_scales", _set("data.builtin_scales", [0.25])),  # the old flat key is gone
+    ("model.channel", _set("model.channel", "rician")),
     ("pretrain.lr", _set("pretrain.lr", 0.0)),
     ("adapt.score_lr", _set("adapt.score_lr", -1.0)),
     ("adapt.value_lr", _set("adapt.value_lr", math.inf)),
@@ -342,7 +346,7 @@ def test_flat_params_uses_dotted_keys_for_every_leaf():
     def leaves(d):
         return sum(leaves(v) if isinstance(v, dict) else 1 for v in d.values())
     assert len(flat) == leaves(quick())
-    assert flat["data.builtin.scales"] == [1.0, 0.5, 0.25]
+    assert flat["data.builtin.scales"] == [1.0, 0.5, 0.25] and flat["model.channel"] == "awgn"
 
 
 # ----------------------------------------------------------------------------------------- dvc.yaml

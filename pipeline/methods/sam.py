@@ -5,7 +5,6 @@ import time
 
 import torch
 
-from ..model import awgn
 from ..sam import (SAMState, attach_sam, base_fingerprint, install_sam, load_sam, memory_cost, sam_layers, sam_parameters,
                    sam_state, save_sam, set_sam_enabled)
 from ..train import data_fingerprint, fingerprint, fit
@@ -140,7 +139,7 @@ def variants(ctx: Context, sparsity: float) -> list[Variant]:
         def encode(x, g):
             install_sam(model, states[a])
             set_sam_enabled(model, False)
-            return awgn(model.transmit(x), ctx.snr_db, g)
+            return ctx.channel(model)(x, g)
         return encode
 
     def receive(a, b):
