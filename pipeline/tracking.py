@@ -24,6 +24,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 EXPERIMENT = "zfda-bench"
 TAG_EXECUTION = "zfda.execution"
+# The experiment kind MLflow 3's UI reads (it asks for one when missing): model training, not GenAI.
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+TAG_NOTE = "mlflow.note.content"  # a run's Description in the UI
 
 
 def tracking_uri() -> str:
@@ -127,9 +130,13 @@ class Tracker:
         if found:
             return found[0].info.run_id
         name = f"{self.params.run_name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        p, commit = self.params, git_commit()
+        note = (f"One `dvc repro` of zfda-bench: profile **{p.profile}**, data source **{p.data.source}**, "
+                f"channel {p.model.channel}, git commit `{commit}`. Results in `reports/{p.run_name}/`; "
+                "the report's tables and figures are this run's artifacts, each stage is a child run.")
         run = client.create_run(experiment_id, run_name=name, tags={
-            TAG_EXECUTION: key, "profile": self.params.profile, "data.source": self.params.data.source,
-            "git.commit": git_commit()})
+            TAG_EXECUTION: key, "profile": p.profile, "data.source": p.data.source, "git.commit": commit,
+            TAG_NOTE: note})
         return run.info.run_id
 
     def _start(self, start_ms: int) -> None:
@@ -140,6 +147,8 @@ class Tracker:
         exp = client.get_experiment_by_name(EXPERIMENT)
         experiment_id = exp.experiment_id if exp else client.create_experiment(
             EXPERIMENT, artifact_location=(ROOT / "mlartifacts").as_uri())
+        if exp is None or TAG_EXPERIMENT_KIND not in exp.tags:  # new, or made before the tag existed
+            client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         parent = self._parent(client, experiment_id)
         name = self.stage if self.cell is None else f"{self.stage}[{self.cell}]"
         tags = resolve_tags({"stage": self.stage, "cell": self.cell or "", "profile": self.params.profile,
@@ -202,6 +211,10 @@ class Tracker:
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._submit(lambda: self._client.log_artifact(self._run_id, str(path), folder))
+
+    def log_parent_artifact(self, path: Path, folder: str | None = None) -> None:
+        """An artifact of the whole execution (the report's tables and figures), on the parent run."""
+        self._submit(lambda: self._client.log_artifact(self._parent_id, str(path), folder))
 
     def set_tags(self, tags: dict) -> None:
         self._submit(lambda: self._log_batch(tags=tags))

@@ -59,6 +59,13 @@ def _plot(df: pd.DataFrame, x: str, y: str, hue: str, title: str, logx: bool = F
     return fig
 
 
+def _log_to_parent(tracker: Tracker, params: Params, table: str, figure) -> None:
+    """A study's table and figure on the execution's parent run, beside the report's."""
+    tracker.log_parent_artifact(figure, "figures")
+    for ext in ("csv", "md"):
+        tracker.log_parent_artifact(out_dir(params) / f"{table}.{ext}", "ablations")
+
+
 # -------------------------------------------------------------------------------------- network view
 def network(ctx: Context) -> pd.DataFrame:
     agents = [BASE_AGENT, *ctx.params.domains.names]
@@ -103,6 +110,7 @@ def network_main(params: Params) -> None:
         fig.suptitle("Network view: Tx -> Rx PSNR (dB) on base test images", fontsize=10)
         save_figure(fig, params.report_dir / "figures" / "network.png")
         tracker.log_artifact(params.report_dir / "figures" / "network.png", "figures")
+        _log_to_parent(tracker, params, "network", params.report_dir / "figures" / "network.png")
         print(f"network: {finding}")
 
 
@@ -218,6 +226,7 @@ def ablate_main(params: Params, argv=None) -> None:
         path = params.report_dir / "figures" / f"ablation_{args.study}.png"
         save_figure(fig, path)
         tracker.log_artifact(path, "figures")
+        _log_to_parent(tracker, params, args.study, path)
         tracker.set_tags({"finding": finding[:5000]})
     shutil.rmtree(ctx.checkpoints, ignore_errors=True)
     print(f"ablate {args.study}: {finding}")

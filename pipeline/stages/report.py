@@ -390,8 +390,10 @@ def main(params: Params) -> None:
             write_text(out / "plots" / f"{name}.csv", frame.to_csv(index=False))
             written.append(out / "plots" / f"{name}.csv")
         written += claims.write_claims(entries, out, prov)
-        for path in written:
-            tracker.log_artifact(path, path.parent.relative_to(out).as_posix() if path.parent != out else None)
+        for path in written:  # on the stage's run and on the execution's (parent) run, where a reader looks first
+            folder = path.parent.relative_to(out).as_posix() if path.parent != out else None
+            tracker.log_artifact(path, folder)
+            tracker.log_parent_artifact(path, folder)
         tracker.log_metrics({f"claim_{e['id']}_pass": float(e["status"] == claims.PASS) for e in entries})
         tracker.set_tags({f"claim.{e['id']}": e["status"] for e in entries})
     for e in entries:
