@@ -24,9 +24,23 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 EXPERIMENT = "zfda-bench"
 TAG_EXECUTION = "zfda.execution"
-# The experiment kind MLflow 3's UI reads (it asks for one when missing): model training, not GenAI.
+# The experiment kind MLflow 3 keeps for an experiment: model training, not GenAI. The 3.17 UI opens
+# every experiment on the view of its sidebar toggle (GenAI by default, whatever this tag says), so
+# the experiment's description and ``runs_page`` give the link that opens on the runs.
 TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-TAG_NOTE = "mlflow.note.content"  # a run's Description in the UI
+TAG_NOTE = "mlflow.note.content"  # an experiment's or a run's Description in the UI
+UI = "http://127.0.0.1:5000"  # `mlflow ui --host 127.0.0.1` (README)
+
+
+def runs_page(experiment_id: str) -> str:
+    """The UI page of the experiment's runs (model-training view) on ``mlflow ui``'s default port."""
+    return f"{UI}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def experiment_note(experiment_id: str) -> str:
+    return ("zfda-bench (model training, not GenAI): one parent run per `dvc repro`, a child run per stage or "
+            "matrix cell. MLflow 3.17 opens experiments on its GenAI overview (no traces here): switch the "
+            f"sidebar to **Model training**, or open {runs_page(experiment_id)}")
 
 
 def tracking_uri() -> str:
@@ -86,6 +100,7 @@ class Tracker:
         self.enabled = True
         self._run_id: str | None = None
         self._parent_id: str | None = None
+        self._experiment_id: str | None = None
         self._client = None
         self._ops: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -97,6 +112,11 @@ class Tracker:
         if self._worker is not None:
             self._ready.wait()
         return self._run_id
+
+    @property
+    def runs_page(self) -> str | None:
+        """Where ``mlflow ui`` shows this experiment's runs (None when tracking failed)."""
+        return None if self.run_id is None else runs_page(self._experiment_id)
 
     def _fail(self, err: Exception) -> None:
         with self._fail_lock:
@@ -147,8 +167,10 @@ class Tracker:
         exp = client.get_experiment_by_name(EXPERIMENT)
         experiment_id = exp.experiment_id if exp else client.create_experiment(
             EXPERIMENT, artifact_location=(ROOT / "mlartifacts").as_uri())
-        if exp is None or TAG_EXPERIMENT_KIND not in exp.tags:  # new, or made before the tag existed
-            client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+        for key, value in ((TAG_EXPERIMENT_KIND, EXPERIMENT_KIND), (TAG_NOTE, experiment_note(experiment_id))):
+            if exp is None or key not in exp.tags:  # new, or made before these tags; a user's own stay
+                client.set_experiment_tag(experiment_id, key, value)
+        self._experiment_id = experiment_id
         parent = self._parent(client, experiment_id)
         name = self.stage if self.cell is None else f"{self.stage}[{self.cell}]"
         tags = resolve_tags({"stage": self.stage, "cell": self.cell or "", "profile": self.params.profile,

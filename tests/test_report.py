@@ -298,6 +298,11 @@ def test_mlflow_ui_view_of_an_execution(project, capsys):
     client = MlflowClient()
     (exp,) = client.search_experiments(filter_string=f"name = '{tracking.EXPERIMENT}'")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # MLflow 3.17's UI opens on the sidebar toggle's view (GenAI by default): the link that opens on the
+    # runs is in the experiment's description and printed by the report stage
+    link = f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    captured = capsys.readouterr()
+    assert link in exp.tags["mlflow.note.content"] and link in captured.out and "TRACKING FAILED" not in captured.err
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

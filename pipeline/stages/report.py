@@ -401,6 +401,9 @@ def main(params: Params) -> None:
     failed = claims.failed_guarantees(entries)
     verdict = "all PASS" if not failed else "FAILED: " + ", ".join(failed)
     print(f"report: {len(written)} files in {out}; guarantees {verdict}")
+    if tracker.runs_page:
+        print(f"report: MLflow: `mlflow ui --host 127.0.0.1`, then {tracker.runs_page} (this run's tables and "
+              "figures are on its parent run)")
 
 
 if __name__ == "__main__":
