@@ -50,23 +50,47 @@ def _range(lo: float, hi: float):
     return Annotated[tuple[float, float], Field(description=f"[low, high] within [{lo}, {hi}]")]
 
 
-class Data(_Block):
-    source: Literal["builtin", "cifar100"] = Field(description="builtin: embedded photos; cifar100: the paper's data")
-    cifar100_root: str = Field(description="where torchvision downloads CIFAR-100 when the network answers")
-    cifar100_local: str = Field(description="a local copy: cifar-100-python/ folder or the NumPy layout")
-    builtin_test_photos: tuple[str, ...] = Field(description="photos kept for test thumbnails only")
-    builtin_scales: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = Field(min_length=1)
-    n_pretrain: Count
-    n_base_test: Count
-    seed: Seed
+Scales = Annotated[tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...], Field(min_length=1)]
 
-    @field_validator("builtin_test_photos")
+
+class Builtin(_Block):
+    """The embedded photos (scikit-image, scikit-learn, matplotlib), cut into 32x32 thumbnails."""
+    test_photos: tuple[str, ...] = Field(description="photos kept for test thumbnails only")
+    scales: Scales = Field(description="each photo is cut at these scales (1 = full size)")
+
+    @field_validator("test_photos")
     @classmethod
     def _photos(cls, v):
         unknown = sorted(set(v) - set(BUILTIN_PHOTOS))
         if unknown or not v or len(v) >= len(BUILTIN_PHOTOS):
             raise ValueError(f"must be a non-empty proper subset of {list(BUILTIN_PHOTOS)}")
         return v
+
+
+class Cifar(_Block):
+    """CIFAR-10 or CIFAR-100: a local copy, else an earlier download, else torchvision's downloader."""
+    root: str = Field(description="where torchvision downloads the data set when the network answers")
+    local: str = Field(description="a local copy: the original python folder or the NumPy layout")
+
+
+class Folder(_Block):
+    """A directory of PNG/JPEG photos of any size, cut into 32x32 tiles; train and test from different photos."""
+    path: str = Field(description="the folder (searched recursively); relative paths start at the project root")
+    scales: Scales = Field(description="each photo is cut at these scales (1 = full size)")
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        description="share of the photos kept for test tiles only (at least one photo each side)")
+
+
+class Data(_Block):
+    source: Literal["builtin", "cifar100", "cifar10", "folder"] = Field(
+        description="builtin: embedded photos; cifar100: the paper's data; cifar10; folder: your photos")
+    n_pretrain: Count
+    n_base_test: Count
+    seed: Seed
+    builtin: Builtin
+    cifar100: Cifar
+    cifar10: Cifar
+    folder: Folder
 
 
 class Domains(_Block):
@@ -101,6 +125,8 @@ class Model(_Block):
     width: Annotated[int, Field(ge=1, le=512)]
     bandwidth_ratio: Annotated[float, Field(gt=0, le=1)]
     snr_db: Annotated[float, Field(ge=-30, le=60)]
+    channel: Literal["awgn", "rayleigh"] = Field(
+        description="awgn; rayleigh: block fading per image, receiver knows the coefficient (pipeline/model.py)")
 
 
 class Train(_Block):

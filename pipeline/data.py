@@ -1,5 +1,5 @@
-"""Data sources (builtin photos, CIFAR-100) and the splits: base and domain images from disjoint base images
-(the domain transforms are ``pipeline/domains.py``).
+"""Data sources (builtin photos, a folder of photos, CIFAR-10/100) and the splits: base and domain images
+from disjoint base images (the domain transforms are ``pipeline/domains.py``).
 
 Images travel as uint8 arrays ``(N, 32, 32, 3)`` (HWC RGB), saved with ``np.save`` and read with
 ``allow_pickle=False``. Nothing here runs arbitrary code from a file.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import pickle
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ class DataError(InputError):
     """A data source or data file that cannot be used; the message says what to do."""
 
 
-# ----------------------------------------------------------------------------------- builtin photos
+# ------------------------------------------------------------------------- photos cut into thumbnails
 def _photo(name: str) -> np.ndarray:
     """One colour photo bundled with scikit-image, scikit-learn or matplotlib (no network)."""
     if name in ("china", "flower"):
@@ -40,18 +41,20 @@ def _photo(name: str) -> np.ndarray:
     return img[0] if isinstance(img, tuple) else img  # stereo_motorcycle returns (left, right, disparity)
 
 
-def _thumbnails(names: list[str], scales: tuple[float, ...], count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` random 32x32 crops from the photos at several scales (uniform over photo x scale)."""
+def _thumbnails(photos, scales: tuple[float, ...], count: int, rng: np.random.Generator, source: str,
+                side: str) -> np.ndarray:
+    """``count`` random 32x32 crops from the photos (an iterable of HWC arrays) at several scales,
+    uniform over photo x scale. ``source`` and ``side`` (train, test) name the photos in errors."""
     from skimage.transform import rescale
     pyramid = []
-    for name in names:
-        photo = np.asarray(_photo(name))[..., :3]
+    for photo in photos:
+        photo = np.asarray(photo)[..., :3]
         for s in scales:
             img = photo if s == 1.0 else rescale(photo, s, channel_axis=-1, anti_aliasing=True, preserve_range=True)
             if min(img.shape[:2]) >= THUMB:
                 pyramid.append(np.clip(np.rint(img), 0, 255).astype(np.uint8))
     if not pyramid:
-        raise DataError("builtin: no photo is at least 32 pixels at the scales in data.builtin_scales")
+        raise DataError(f"{source}: no {side} photo is at least 32 pixels at the scales in data.{source}.scales")
     out = np.empty((count, THUMB, THUMB, 3), np.uint8)
     for i, which in enumerate(rng.integers(0, len(pyramid), size=count)):
         img = pyramid[which]
@@ -61,19 +64,91 @@ def _thumbnails(names: list[str], scales: tuple[float, ...], count: int, rng: np
     return out
 
 
-def builtin_pools(params: Params, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+def builtin_pools(params: Params, paths: Paths, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
     """Train thumbnails from the training photos, test thumbnails from photos training never sees."""
-    d = params.data
-    train_photos = [p for p in BUILTIN_PHOTOS if p not in d.builtin_test_photos]
-    rng = np.random.default_rng(d.seed)
-    train = _thumbnails(train_photos, d.builtin_scales, n_train, rng)
-    test = _thumbnails(list(d.builtin_test_photos), d.builtin_scales, n_test, rng)
+    split, cfg = photo_split(params, paths), params.data.builtin
+    rng = np.random.default_rng(params.data.seed)
+    train = _thumbnails((_photo(n) for n in split["train"]), cfg.scales, n_train, rng, "builtin", "train")
+    test = _thumbnails((_photo(n) for n in split["test"]), cfg.scales, n_test, rng, "builtin", "test")
     return train, test
 
 
-# --------------------------------------------------------------------------------------- CIFAR-100
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _folder(params: Params, paths: Paths) -> Path:
+    folder = paths.resolve(params.data.folder.path)
+    if not folder.is_dir():
+        raise DataError(f"folder: data.folder.path={params.data.folder.path!r} is not a folder ({folder}); "
+                        "set it with `python -m pipeline.profile quick --folder PATH`")
+    return folder
+
+
+def _folder_photos(folder: Path) -> list[str]:
+    """Every PNG/JPEG under ``folder`` (hidden files and folders skipped), as sorted relative paths."""
+    found = [p.relative_to(folder).as_posix() for p in folder.rglob("*")
+             if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file()]
+    return sorted(n for n in found if not any(part.startswith(".") for part in n.split("/")))
+
+
+def photo_split(params: Params, paths: Paths) -> dict[str, list[str]] | None:
+    """Which photos the train and the test thumbnails come from (builtin: photo names; folder: paths
+    relative to ``data.folder.path``); None for sources that are not cut from photos."""
+    d = params.data
+    if d.source == "builtin":
+        return {"train": [p for p in BUILTIN_PHOTOS if p not in d.builtin.test_photos],
+                "test": list(d.builtin.test_photos)}
+    if d.source != "folder":
+        return None
+    folder = _folder(params, paths)
+    names = _folder_photos(folder)
+    if not names:
+        raise DataError(f"folder: no PNG or JPEG image in {folder} (data.folder.path)")
+    if len(names) < 2:
+        raise DataError(f"folder: {folder} holds {len(names)} photo; at least 2 are needed so that train and "
+                        "test tiles come from different photos")
+    n_test = min(len(names) - 1, max(1, round(d.folder.test_fraction * len(names))))
+    order = np.random.default_rng([d.seed, 1]).permutation(len(names))  # its own stream: the tiles' stays put
+    return {"train": sorted(names[i] for i in order[n_test:]), "test": sorted(names[i] for i in order[:n_test])}
+
+
+def _read_photo(path: Path) -> np.ndarray:
+    """An RGB uint8 photo (EXIF orientation applied; grey, palette and alpha images converted)."""
+    from PIL import Image, ImageOps
+    try:
+        with Image.open(path) as img:
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError... on broken files
+        raise DataError(f"folder: {path} is not a readable PNG/JPEG image ({type(err).__name__}: {err})") from None
+
+
+def folder_pools(params: Params, paths: Paths, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles of the folder's photos: train tiles from the train photos, test tiles from the others."""
+    split, folder, cfg = photo_split(params, paths), _folder(params, paths), params.data.folder
+    rng = np.random.default_rng(params.data.seed)
+    train = _thumbnails((_read_photo(folder / n) for n in split["train"]), cfg.scales, n_train, rng, "folder", "train")
+    test = _thumbnails((_read_photo(folder / n) for n in split["test"]), cfg.scales, n_test, rng, "folder", "test")
+    return train, test
+
+
+# -------------------------------------------------------------------------------- CIFAR-10 / CIFAR-100
+@dataclass(frozen=True)
+class _CifarLayout:
+    """Where torchvision's archive of one CIFAR data set puts its python-layout files."""
+    title: str
+    dataset: str  # the torchvision class: its url, filename and tgz_md5 drive the download
+    folder: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+CIFAR = {"cifar100": _CifarLayout("CIFAR-100", "CIFAR100", "cifar-100-python", ("train",), ("test",)),
+         "cifar10": _CifarLayout("CIFAR-10", "CIFAR10", "cifar-10-batches-py",
+                                 tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",))}
+
+
 class _ArrayUnpickler(pickle.Unpickler):
-    """Reads the original ``cifar-100-python`` files, allowing only NumPy array reconstruction.
+    """Reads the original CIFAR python-layout files, allowing only NumPy array reconstruction.
 
     Like ``torch.load(weights_only=True)``: any other global (``os.system``...) is refused, so a
     crafted file cannot run code.
@@ -94,7 +169,7 @@ def _read_cifar_python(path: Path) -> np.ndarray:
         except DataError:
             raise
         except Exception as err:
-            raise DataError(f"{path}: not a readable cifar-100-python file ({type(err).__name__}: {err})") from None
+            raise DataError(f"{path}: not a readable CIFAR python-layout file ({type(err).__name__}: {err})") from None
     data = np.asarray(entry.get("data") if isinstance(entry, dict) else None)
     if data.ndim != 2 or data.shape[1] != 3 * THUMB * THUMB or data.dtype != np.uint8:
         raise DataError(f"{path}: expected 'data' of shape (N, 3072) uint8, got {data.shape} {data.dtype}")
@@ -117,41 +192,45 @@ def load_images(path: Path) -> np.ndarray:
     return check_images(arr, str(path))
 
 
-def _find_cifar(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """Train/test images from the NumPy layout or a ``cifar-100-python`` folder, if ``folder`` holds one."""
+def _find_cifar(folder: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray] | None:
+    """Train/test images from the NumPy layout or the data set's python folder, if ``folder`` holds one."""
     if (folder / "train_images.npy").is_file() and (folder / "test_images.npy").is_file():
         return load_images(folder / "train_images.npy"), load_images(folder / "test_images.npy")
-    for py in (folder, folder / "cifar-100-python"):
-        if (py / "train").is_file() and (py / "test").is_file():
-            return _read_cifar_python(py / "train"), _read_cifar_python(py / "test")
+    for py in (folder, folder / layout.folder):
+        if all((py / name).is_file() for name in layout.train + layout.test):
+            return tuple(np.concatenate([_read_cifar_python(py / name) for name in names])
+                         for names in (layout.train, layout.test))
     return None
 
 
-def cifar100_pools(params: Params, paths: Paths, download_timeout: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
-    """CIFAR-100 train/test images: local copy, else an earlier download, else torchvision's downloader
-    (relative paths in params are taken from the project root)."""
-    local, root = paths.resolve(params.data.cifar100_local), paths.resolve(params.data.cifar100_root)
+def cifar_pools(params: Params, paths: Paths, download_timeout: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-10/100 train/test images (``data.source``): local copy, else an earlier download, else
+    torchvision's downloader (MD5-checked); relative paths in params are taken from the project root."""
+    source = params.data.source
+    layout, cfg = CIFAR[source], getattr(params.data, source)
+    local, root = paths.resolve(cfg.local), paths.resolve(cfg.root)
     for folder in (local, root):
-        found = _find_cifar(folder)
+        found = _find_cifar(folder, layout)
         if found is not None:
             return found
-    from torchvision.datasets import CIFAR100
+    import torchvision.datasets
     from torchvision.datasets.utils import download_and_extract_archive
+    dataset = getattr(torchvision.datasets, layout.dataset)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(download_timeout)  # an offline machine must fail fast, not hang
     try:
-        download_and_extract_archive(CIFAR100.url, str(root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5)
+        download_and_extract_archive(dataset.url, str(root), filename=dataset.filename, md5=dataset.tgz_md5)
     except Exception as err:
         raise DataError(
-            f"CIFAR-100 is not at data.cifar100_local={params.data.cifar100_local!r} and the download into "
-            f"data.cifar100_root={params.data.cifar100_root!r} failed ({type(err).__name__}: {err}); "
-            "remedies: connect to the network and rerun, or set data.cifar100_local to a copy "
-            "(a cifar-100-python/ folder or the NumPy layout, e.g. ../shared/data/cifar100)") from None
+            f"{layout.title} is not at data.{source}.local={cfg.local!r} and the download into "
+            f"data.{source}.root={cfg.root!r} failed ({type(err).__name__}: {err}); "
+            f"remedies: connect to the network and rerun, or set data.{source}.local to a copy "
+            f"(a {layout.folder}/ folder or the NumPy layout train_images.npy/test_images.npy)") from None
     finally:
         socket.setdefaulttimeout(previous)
-    found = _find_cifar(root)
+    found = _find_cifar(root, layout)
     if found is None:
-        raise DataError(f"CIFAR-100 downloaded into {root} but no cifar-100-python folder was found there")
+        raise DataError(f"{layout.title} downloaded into {root} but no {layout.folder} folder was found there")
     return found
 
 
@@ -165,9 +244,11 @@ def build_splits(params: Params, paths: Paths) -> dict[str, np.ndarray]:
     k, dom = len(params.domains.names), params.domains
     n_train, n_test = params.data.n_pretrain + k * dom.n_train, params.data.n_base_test + k * dom.n_test
     if params.data.source == "builtin":
-        train, test = builtin_pools(params, n_train, n_test)
+        train, test = builtin_pools(params, paths, n_train, n_test)
+    elif params.data.source == "folder":
+        train, test = folder_pools(params, paths, n_train, n_test)
     else:
-        train, test = cifar100_pools(params, paths)
+        train, test = cifar_pools(params, paths)
     for pool, need, what in ((train, n_train, "train"), (test, n_test, "test")):
         if len(pool) < need:
             raise DataError(f"{params.data.source}: the {what} pool has {len(pool)} images, the params need {need} "
@@ -199,5 +280,5 @@ def grid(rows: list[np.ndarray]) -> np.ndarray:
     return canvas
 
 
-__all__ = ["DataError", "apply_domain", "build_splits", "check_images", "cifar100_pools", "builtin_pools",
-           "domain_transform", "load_images", "split_names", "to_tensor", "grid"]
+__all__ = ["DataError", "apply_domain", "build_splits", "check_images", "cifar_pools", "builtin_pools",
+           "folder_pools", "photo_split", "load_images", "split_names", "to_tensor", "grid"]

@@ -1,8 +1,9 @@
-"""The semantic-communication (SC) system: conv encoder (Tx) -> power normalisation -> AWGN -> conv decoder (Rx).
+"""The semantic-communication (SC) system: conv encoder (Tx) -> power normalisation -> channel -> conv decoder (Rx).
 
 DeepJSCC-style (Bourtsoulatze et al., 2019). For a 32x32x3 image the encoder emits a
 ``(c, 8, 8)`` latent whose ``c * 64`` real values are the channel symbols, so the bandwidth ratio
 (channel symbols per source value, source = 32*32*3) fixes ``c``: ratio 1/6 gives c = 8.
+The channel (``CHANNELS``) is AWGN or Rayleigh block fading with receiver CSI.
 """
 from __future__ import annotations
 
@@ -28,11 +29,50 @@ def power_normalize(z: torch.Tensor) -> torch.Tensor:
     return (flat / power.sqrt()).view_as(z)
 
 
+def _noise(z: torch.Tensor, snr_db: float, generator: torch.Generator | None) -> torch.Tensor:
+    """White Gaussian noise of variance 10^(-SNR/10) per real symbol (the symbols have unit power)."""
+    sigma = 10 ** (-snr_db / 20)
+    return sigma * torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+
+
 def awgn(z: torch.Tensor, snr_db: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Add white Gaussian noise for unit-power symbols: noise variance 10^(-SNR/10)."""
-    sigma = 10 ** (-snr_db / 20)
-    noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-    return z + sigma * noise
+    return z + _noise(z, snr_db, generator)
+
+
+def rayleigh(z: torch.Tensor, snr_db: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rayleigh block fading per image, with the coefficient known at the receiver (as in DeepJSCC).
+
+    The model, exactly:
+    1. the real symbols of each image, flattened in order, are paired into complex symbols
+       ``x_k = z[2k] + j z[2k+1]`` (512 real symbols -> 256 complex channel uses; E|x_k|^2 = 2);
+    2. the noise is drawn first, and it is AWGN's draw: ``n = sigma (e_0 + j e_1)`` with e the same
+       standard normals ``awgn`` draws for ``z`` from the same generator, sigma^2 = 10^(-SNR/10) per
+       real dimension, so the average SNR E|h x|^2 / E|n|^2 is the given SNR;
+    3. then one coefficient per image, ``h ~ CN(0, 1)`` (real and imaginary parts N(0, 1/2), drawn
+       as a (batch, 2) normal tensor), the same for all the image's symbols (block fading);
+    4. the channel: ``y_k = h x_k + n_k``;
+    5. the receiver knows h and equalizes (zero forcing): ``x_hat_k = y_k / h = x_k + n_k / h``;
+       the decoder gets ``x_hat`` unpaired back to real symbols, in the shape of ``z``.
+    So an image sees an AWGN channel whose SNR is |h|^2 times the given one (|h|^2 ~ Exp(1)).
+    Computed in float32 complex arithmetic, returned in ``z``'s dtype.
+    """
+    b = z.shape[0]
+    noise = _noise(z, snr_db, generator)
+    h = torch.randn((b, 1, 2), generator=generator, device=z.device, dtype=torch.float32) * math.sqrt(0.5)
+    h = torch.view_as_complex(h)
+    x = torch.view_as_complex(z.float().reshape(b, -1, 2).contiguous())
+    n = torch.view_as_complex(noise.float().reshape(b, -1, 2).contiguous())
+    x_hat = (h * x + n) / h
+    return torch.view_as_real(x_hat).reshape(z.shape).to(z.dtype)
+
+
+CHANNELS = {"awgn": awgn, "rayleigh": rayleigh}
+
+
+def apply_channel(kind: str, z: torch.Tensor, snr_db: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The symbols the receiver's decoder gets from channel ``kind`` (``CHANNELS``) at ``snr_db``."""
+    return CHANNELS[kind](z, snr_db, generator)
 
 
 class Encoder(nn.Module):
@@ -72,10 +112,12 @@ class Decoder(nn.Module):
 class SCModel(nn.Module):
     """One agent's SC system. ``forward`` is the full link Tx -> channel -> Rx."""
 
-    def __init__(self, width: int = 16, bandwidth_ratio: float = 1 / 6, snr_db: float = 10.0):
+    def __init__(self, width: int = 16, bandwidth_ratio: float = 1 / 6, snr_db: float = 10.0, channel: str = "awgn"):
         super().__init__()
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}; known: {sorted(CHANNELS)}")
         self.channels = latent_channels(bandwidth_ratio)
-        self.snr_db = snr_db
+        self.snr_db, self.channel = snr_db, channel  # what the agent trains on (``forward``'s defaults)
         self.encoder = Encoder(width, self.channels)
         self.decoder = Decoder(width, self.channels)
 
@@ -84,6 +126,7 @@ class SCModel(nn.Module):
         return power_normalize(self.encoder(x))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                snr_db: float | None = None) -> torch.Tensor:
-        y = awgn(self.transmit(x), self.snr_db if snr_db is None else snr_db, generator)
+                snr_db: float | None = None, channel: str | None = None) -> torch.Tensor:
+        y = apply_channel(channel or self.channel, self.transmit(x), self.snr_db if snr_db is None else snr_db,
+                          generator)
         return self.decoder(y)

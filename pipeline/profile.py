@@ -1,4 +1,4 @@
-"""Switch profiles: ``python -m pipeline.profile <quick|ci|paper> [--source builtin|cifar100] [--ablations]``.
+"""Switch profiles: ``python -m pipeline.profile <quick|ci|paper> [--source S] [--folder PATH] [--ablations]``.
 
 ``profiles/quick.yaml`` is complete; the other profiles are overlays on it. The command writes the
 merged, validated result to ``params.yaml`` (what ``dvc repro`` reads). Nothing is written when the
@@ -21,6 +21,7 @@ from .storage import write_atomic
 
 PROFILES = REPO / "profiles"  # definitions that ship with the code, like pipeline/ itself
 NAMES = get_args(Params.model_fields["profile"].annotation)  # quick, paper, ci: the files that are profiles
+SOURCES = ("builtin", "cifar100", "cifar10", "folder")
 HEADER = ("# Written by `python -m pipeline.profile {profile} --source {source}{flags}` from profiles/; "
           "edit profiles/*.yaml, not this file.\n")
 
@@ -33,9 +34,9 @@ def merge(base: dict, overlay: dict) -> dict:
     return out
 
 
-def render(profile: str, source: str | None = None, ablations: bool = False) -> dict:
-    """The full params mapping of ``profile`` (validated), optionally with another data source and
-    with every ablation study on (``ablate.studies``)."""
+def render(profile: str, source: str | None = None, ablations: bool = False, folder: str | None = None) -> dict:
+    """The full params mapping of ``profile`` (validated), optionally with another data source, the
+    folder source's photos (``data.folder.path``) and every ablation study on (``ablate.studies``)."""
     path = PROFILES / f"{profile}.yaml"
     if profile not in NAMES or not path.is_file():
         names = sorted(p.stem for p in PROFILES.glob("*.yaml") if p.stem in NAMES)
@@ -45,6 +46,8 @@ def render(profile: str, source: str | None = None, ablations: bool = False) -> 
         raw = merge(raw, yaml.safe_load(path.read_text()))
     if source:
         raw["data"]["source"] = source
+    if folder:
+        raw["data"]["folder"]["path"] = folder
     if ablations:
         raw["ablate"]["studies"] = list(STUDIES)
     parse(raw)
@@ -62,20 +65,31 @@ def write(raw: dict, path: Path, flags: str = "") -> None:
     write_atomic(path, text.encode())
 
 
+def _project_path(path: Path) -> str:
+    """A path given on the command line as params hold it: relative to the project root when inside it."""
+    path = path.resolve()
+    return path.relative_to(REPO).as_posix() if REPO in path.parents else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("profile")
-    ap.add_argument("--source", choices=["builtin", "cifar100"])
+    ap.add_argument("--source", choices=SOURCES)
+    ap.add_argument("--folder", help="a folder of PNG/JPEG photos (data.folder.path); implies --source folder")
     ap.add_argument("--ablations", action="store_true",
                     help=f"every ablation study on ({', '.join(STUDIES)}); the quick profile has none by default")
     ap.add_argument("--out", type=Path, default=REPO / "params.yaml")
     args = ap.parse_args(argv)
+    folder = None if args.folder is None else _project_path(Path(args.folder))
     try:
-        raw = render(args.profile, args.source, args.ablations)
+        if folder is not None and args.source not in (None, "folder"):
+            raise ConfigError(f"--folder is the folder source's; it cannot go with --source {args.source}")
+        raw = render(args.profile, "folder" if folder is not None else args.source, args.ablations, folder)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    write(raw, args.out, " --ablations" if args.ablations else "")
+    flags = (f" --folder {folder}" if folder is not None else "") + (" --ablations" if args.ablations else "")
+    write(raw, args.out, flags)
     studies = ", ".join(raw["ablate"]["studies"]) or "none"
     print(f"{args.out.name}: profile {raw['profile']}, source {raw['data']['source']}, ablations: {studies}")
     return 0

@@ -25,6 +25,23 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 EXPERIMENT = "zfda-bench"
 TAG_EXECUTION = "zfda.execution"
+# The experiment kind MLflow 3 keeps for an experiment: model training, not GenAI. The 3.17 UI opens
+# every experiment on the view of its sidebar toggle (GenAI by default, whatever this tag says), so
+# the experiment's description and ``runs_page`` give the link that opens on the runs.
+TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+TAG_NOTE = "mlflow.note.content"  # an experiment's or a run's Description in the UI
+UI = "http://127.0.0.1:5000"  # `mlflow ui --host 127.0.0.1` (README)
+
+
+def runs_page(experiment_id: str) -> str:
+    """The UI page of the experiment's runs (model-training view) on ``mlflow ui``'s default port."""
+    return f"{UI}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def experiment_note(experiment_id: str) -> str:
+    return ("zfda-bench (model training, not GenAI): one parent run per `dvc repro`, a child run per stage or "
+            "matrix cell. MLflow 3.17 opens experiments on its GenAI overview (no traces here): switch the "
+            f"sidebar to **Model training**, or open {runs_page(experiment_id)}")
 
 
 def tracking_uri(paths: Paths) -> str:
@@ -83,6 +100,7 @@ class Tracker:
         self.enabled = True
         self._run_id: str | None = None
         self._parent_id: str | None = None
+        self._experiment_id: str | None = None
         self._client = None
         self._ops: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -94,6 +112,11 @@ class Tracker:
         if self._worker is not None:
             self._ready.wait()
         return self._run_id
+
+    @property
+    def runs_page(self) -> str | None:
+        """Where ``mlflow ui`` shows this experiment's runs (None when tracking failed)."""
+        return None if self.run_id is None else runs_page(self._experiment_id)
 
     def _fail(self, err: Exception) -> None:
         with self._fail_lock:
@@ -127,9 +150,13 @@ class Tracker:
         if found:
             return found[0].info.run_id
         name = f"{self.params.run_name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        p, commit = self.params, git_commit(self.paths.root)
+        note = (f"One `dvc repro` of zfda-bench: profile **{p.profile}**, data source **{p.data.source}**, "
+                f"channel {p.model.channel}, git commit `{commit}`. Results in `reports/{p.run_name}/`; "
+                "the report's tables and figures are this run's artifacts, each stage is a child run.")
         run = client.create_run(experiment_id, run_name=name, tags={
-            TAG_EXECUTION: key, "profile": self.params.profile, "data.source": self.params.data.source,
-            "git.commit": git_commit(self.paths.root)})
+            TAG_EXECUTION: key, "profile": p.profile, "data.source": p.data.source, "git.commit": commit,
+            TAG_NOTE: note})
         return run.info.run_id
 
     def _start(self, start_ms: int) -> None:
@@ -140,6 +167,10 @@ class Tracker:
         exp = client.get_experiment_by_name(EXPERIMENT)
         experiment_id = exp.experiment_id if exp else client.create_experiment(
             EXPERIMENT, artifact_location=self.paths.mlartifacts.as_uri())
+        for key, value in ((TAG_EXPERIMENT_KIND, EXPERIMENT_KIND), (TAG_NOTE, experiment_note(experiment_id))):
+            if exp is None or key not in exp.tags:  # new, or made before these tags; a user's own stay
+                client.set_experiment_tag(experiment_id, key, value)
+        self._experiment_id = experiment_id
         parent = self._parent(client, experiment_id)
         name = self.stage if self.cell is None else f"{self.stage}[{self.cell}]"
         tags = resolve_tags({"stage": self.stage, "cell": self.cell or "", "profile": self.params.profile,
@@ -202,6 +233,10 @@ class Tracker:
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self._submit(lambda: self._client.log_artifact(self._run_id, str(path), folder))
+
+    def log_parent_artifact(self, path: Path, folder: str | None = None) -> None:
+        """An artifact of the whole execution (the report's tables and figures), on the parent run."""
+        self._submit(lambda: self._client.log_artifact(self._parent_id, str(path), folder))
 
     def set_tags(self, tags: dict) -> None:
         self._submit(lambda: self._log_batch(tags=tags))

@@ -42,11 +42,12 @@ def _ignore(folder: str, names: list[str]) -> list[str]:
     return out
 
 
-def slow_params() -> dict:
-    """The quick profile, shrunk so that a whole `dvc repro evaluate` is a couple of minutes on 2 cores.
-    Pretraining and adaptation run 6 epochs, so that a kill after the first checkpoint lands mid-stage."""
-    raw = profile.render("quick")
-    raw["data"].update(n_pretrain=128, n_base_test=32, builtin_scales=[0.25])
+def slow_params(raw: dict | None = None) -> dict:
+    """The quick profile (or ``raw``), shrunk so that a whole `dvc repro evaluate` is a couple of minutes on
+    2 cores. Pretraining and adaptation run 6 epochs, so that a kill after the first checkpoint lands mid-stage."""
+    raw = profile.render("quick") if raw is None else raw
+    raw["data"].update(n_pretrain=128, n_base_test=32)
+    raw["data"]["builtin"]["scales"] = [0.25]
     raw["domains"].update(names=["VA", "VH"], n_train=64, n_test=32)
     raw["model"]["width"] = 4
     raw["train"].update(batch_size=32, threads=1, device="cpu")

@@ -13,7 +13,7 @@ from pipeline.config import BUILTIN_PHOTOS, ConfigError, parse
 from pipeline.paths import REPO as ROOT
 
 PROFILES = ("quick", "ci", "paper")
-SOURCES = (None, "builtin", "cifar100")
+SOURCES = (None, "builtin", "cifar100", "cifar10", "folder")
 
 
 def quick() -> dict:
@@ -126,6 +126,37 @@ def test_profile_command_keeps_the_old_file_for_an_unknown_profile(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
 
 
+def test_profile_command_folder_sets_the_source_and_the_path(tmp_path):
+    out, photos = tmp_path / "params.yaml", tmp_path / "photos"
+    assert profile.main(["quick", "--source", "folder", "--folder", str(photos), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith(f"# Written by `python -m pipeline.profile quick --source folder --folder {photos}`")
+    params = parse(yaml.safe_load(text))
+    assert (params.data.source, params.data.folder.path, params.run_name) == ("folder", str(photos), "folder-quick")
+    assert profile.main(["quick", "--folder", str(photos), "--out", str(out)]) == 0  # --folder implies the source
+    assert yaml.safe_load(out.read_text()) == yaml.safe_load(text)
+    # inside the project the path is kept relative to its root (params.yaml stays portable)
+    assert profile.main(["quick", "--folder", str(ROOT / "data" / "kodak"), "--out", str(out)]) == 0
+    assert yaml.safe_load(out.read_text())["data"]["folder"]["path"] == "data/kodak"
+
+
+def test_profile_command_refuses_folder_with_another_source(tmp_path, capsys):
+    out = tmp_path / "params.yaml"
+    assert profile.main(["quick", "--source", "cifar10", "--folder", str(tmp_path), "--out", str(out)]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--folder" in err and "cifar10" in err
+
+
+def test_each_source_has_its_own_params_block_and_the_default_channel_is_awgn():
+    data = quick()["data"]
+    assert {k for k, v in data.items() if isinstance(v, dict)} == {"builtin", "cifar100", "cifar10", "folder"}
+    assert not [k for k in data if "_" in k and k.split("_")[0] in ("builtin", "cifar100", "cifar10", "folder")]
+    from pipeline.model import CHANNELS
+    assert parse(quick()).model.channel == "awgn"
+    assert set(config.Model.model_fields["channel"].annotation.__args__) == set(CHANNELS)
+
+
 def test_profile_command_refuses_an_unknown_source(tmp_path):
     out = tmp_path / "params.yaml"
     with pytest.raises(SystemExit) as exc:
@@ -197,12 +228,19 @@ MALFORMED = [
     ("model.width", _set("model.width", 0)),
     ("model.bandwidth_ratio", _set("model.bandwidth_ratio", 0.0)),
     ("model.bandwidth_ratio", _set("model.bandwidth_ratio", 1.5)),
-    ("data.builtin_test_photos", _set("data.builtin_test_photos", ["flower", "lena"])),
-    ("data.builtin_test_photos", _set("data.builtin_test_photos", list(BUILTIN_PHOTOS))),
-    ("data.builtin_test_photos", _set("data.builtin_test_photos", [])),
-    ("data.builtin_scales", _set("data.builtin_scales", [0.0])),
-    ("data.builtin_scales", _set("data.builtin_scales", [1.0, 2.0])),
-    ("data.builtin_scales", _set("data.builtin_scales", [])),
+    ("data.builtin.test_photos", _set("data.builtin.test_photos", ["flower", "lena"])),
+    ("data.builtin.test_photos", _set("data.builtin.test_photos", list(BUILTIN_PHOTOS))),
+    ("data.builtin.test_photos", _set("data.builtin.test_photos", [])),
+    ("data.builtin.scales", _set("data.builtin.scales", [0.0])),
+    ("data.builtin.scales", _set("data.builtin.scales", [1.0, 2.0])),
+    ("data.builtin.scales", _set("data.builtin.scales", [])),
+    ("data.folder.scales", _set("data.folder.scales", [])),
+    ("data.folder.test_fraction", _set("data.folder.test_fraction", 1.0)),
+    ("data.folder.test_fraction", _set("data.folder.test_fraction", 0.0)),
+    ("data.folder.path", _set("data.folder.path", None)),
+    ("data.cifar10.root", _set("data.cifar10.root", 3)),
+    ("data.builtin_scales", _set("data.builtin_scales", [0.25])),  # the old flat key is gone
+    ("model.channel", _set("model.channel", "rician")),
     ("pretrain.lr", _set("pretrain.lr", 0.0)),
     ("adapt.score_lr", _set("adapt.score_lr", -1.0)),
     ("adapt.value_lr", _set("adapt.value_lr", math.inf)),
@@ -214,7 +252,7 @@ MALFORMED = [
     ("evaluate.reconstructions", _set("evaluate.reconstructions", 99)),
     ("profile", _set("profile", "turbo")),
     ("model", _set("model", [16, 0.17, 10.0])),
-    ("data.cifar100_local", _set("data.cifar100_local", None)),
+    ("data.cifar100.local", _set("data.cifar100.local", None)),
 ]
 
 
@@ -291,15 +329,18 @@ def test_load_reports_a_missing_file_and_bad_yaml_in_one_line(tmp_path):
 
 def test_load_reads_the_committed_params():
     params = config.load()
-    assert params.model_dump(mode="json")["data"]["builtin_test_photos"] == list(
-        yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["builtin_test_photos"])
+    assert params.model_dump(mode="json")["data"]["builtin"]["test_photos"] == list(
+        yaml.safe_load((ROOT / "params.yaml").read_text())["data"]["builtin"]["test_photos"])
 
 
 def test_flat_params_uses_dotted_keys_for_every_leaf():
     flat = config.flat_params(parse(quick()))
     assert flat["adapt.score_lr"] == 1.0 and flat["data.source"] == "builtin"
     assert all(not isinstance(v, dict) for v in flat.values())
-    assert len(flat) == sum(len(v) if isinstance(v, dict) else 1 for v in quick().values())
+    def leaves(d):
+        return sum(leaves(v) if isinstance(v, dict) else 1 for v in d.values())
+    assert len(flat) == leaves(quick())
+    assert flat["data.builtin.scales"] == [1.0, 0.5, 0.25] and flat["model.channel"] == "awgn"
 
 
 def test_tiny_overlay_shrinks_a_copy_and_is_no_profile():
@@ -308,8 +349,8 @@ def test_tiny_overlay_shrinks_a_copy_and_is_no_profile():
     tiny = profile.shrink(raw)
     assert raw == before  # a copy: the profile itself is unchanged
     overlay = yaml.safe_load((ROOT / "profiles" / "tiny.yaml").read_text())
-    for block, values in overlay.items():
-        assert tiny[block] == {**raw[block], **values}
+    assert tiny == profile.merge(raw, overlay)  # a deep merge: nested blocks keep their other keys
+    assert tiny["data"]["builtin"]["test_photos"] == raw["data"]["builtin"]["test_photos"]
     parse(tiny)
     with pytest.raises(ConfigError, match="not found; known: \\['ci', 'paper', 'quick'\\]"):
         profile.render("tiny")  # an overlay, never written to params.yaml as a profile

@@ -1,4 +1,5 @@
-"""Data sources (builtin photos, CIFAR-100 in both layouts) and the splits (transforms: tests/test_domains.py)."""
+"""Data sources (builtin photos, CIFAR-100 and CIFAR-10 in both layouts, a folder of photos) and the
+splits (transforms: tests/test_domains.py)."""
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ from .conftest import REPO, make_params
 
 DOMAINS = ("VA", "VP", "VC", "VH")
 SHARED_CIFAR = Path("/work/shared/data/cifar100")
+AT = Paths(REPO, "test")  # where relative data paths would be resolved (these tests give absolute ones)
 
 
 @pytest.fixture
@@ -47,12 +49,12 @@ def _noise_photo(name: str) -> np.ndarray:
 
 def test_builtin_test_thumbnails_come_only_from_test_photos(monkeypatch, tiny_params):
     monkeypatch.setattr(data, "_photo", _constant_photo)
-    tiny_params["data"]["builtin_scales"] = [1.0, 0.5]
+    tiny_params["data"]["builtin"]["scales"] = [1.0, 0.5]
     params = make_params(tiny_params)
-    train, test = data.builtin_pools(params, 200, 100)
+    train, test = data.builtin_pools(params, AT, 200, 100)
     assert train.shape == (200, 32, 32, 3) and test.shape == (100, 32, 32, 3)
     assert train.dtype == np.uint8 and test.dtype == np.uint8
-    test_ids = {20 * (BUILTIN_PHOTOS.index(n) + 1) for n in params.data.builtin_test_photos}
+    test_ids = {20 * (BUILTIN_PHOTOS.index(n) + 1) for n in params.data.builtin.test_photos}
     train_ids = {20 * (i + 1) for i in range(len(BUILTIN_PHOTOS))} - test_ids
     seen_train = set(np.unique(train).tolist())
     seen_test = set(np.unique(test).tolist())
@@ -63,20 +65,20 @@ def test_builtin_test_thumbnails_come_only_from_test_photos(monkeypatch, tiny_pa
 
 def test_builtin_pools_are_deterministic_for_a_seed(monkeypatch, tiny_params):
     monkeypatch.setattr(data, "_photo", _noise_photo)
-    tiny_params["data"]["builtin_scales"] = [1.0]
-    a = data.builtin_pools(make_params(tiny_params), 40, 20)
-    b = data.builtin_pools(make_params(tiny_params), 40, 20)
+    tiny_params["data"]["builtin"]["scales"] = [1.0]
+    a = data.builtin_pools(make_params(tiny_params), AT, 40, 20)
+    b = data.builtin_pools(make_params(tiny_params), AT, 40, 20)
     tiny_params["data"]["seed"] = 1
-    c = data.builtin_pools(make_params(tiny_params), 40, 20)
+    c = data.builtin_pools(make_params(tiny_params), AT, 40, 20)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[1], c[1])
 
 
 def test_builtin_refuses_scales_that_leave_no_thumbnail(monkeypatch, tiny_params):
     monkeypatch.setattr(data, "_photo", lambda name: np.zeros((40, 40, 3), np.uint8))
-    tiny_params["data"]["builtin_scales"] = [0.5]
-    with pytest.raises(DataError, match="builtin_scales"):
-        data.builtin_pools(make_params(tiny_params), 4, 4)
+    tiny_params["data"]["builtin"]["scales"] = [0.5]
+    with pytest.raises(DataError, match=r"data\.builtin\.scales"):
+        data.builtin_pools(make_params(tiny_params), AT, 4, 4)
 
 
 @pytest.mark.parametrize("name", BUILTIN_PHOTOS)
@@ -102,7 +104,7 @@ def test_build_splits_returns_every_split_with_the_configured_size(tiny_splits, 
 
 def test_build_splits_uses_disjoint_base_images(monkeypatch, tiny_params):
     """Each split comes from its own base images: tag every pool image with its index, skip transforms."""
-    def pools(params, n_train, n_test):
+    def pools(params, paths, n_train, n_test):
         def tagged(n, offset):
             out = np.zeros((n, 32, 32, 3), np.uint8)
             ids = np.arange(n) + offset
@@ -130,7 +132,8 @@ def test_build_splits_uses_disjoint_base_images(monkeypatch, tiny_params):
 
 def test_build_splits_is_deterministic(monkeypatch, tiny_params):
     monkeypatch.setattr(data, "_photo", _noise_photo)
-    tiny_params["data"].update(builtin_scales=[1.0], n_pretrain=8, n_base_test=4)
+    tiny_params["data"].update(n_pretrain=8, n_base_test=4)
+    tiny_params["data"]["builtin"]["scales"] = [1.0]
     tiny_params["domains"].update(n_train=4, n_test=2)
     a = data.build_splits(make_params(tiny_params), Paths(REPO, "test"))
     b = data.build_splits(make_params(tiny_params), Paths(REPO, "test"))
@@ -142,8 +145,9 @@ def test_build_splits_is_deterministic(monkeypatch, tiny_params):
 
 
 # ------------------------------------------------------------------------------------------ CIFAR-100
-def cifar_params(tiny_params, local, root="never-used"):
-    tiny_params["data"].update(source="cifar100", cifar100_local=str(local), cifar100_root=str(root))
+def cifar_params(tiny_params, local, root="never-used", source="cifar100"):
+    tiny_params["data"]["source"] = source
+    tiny_params["data"][source].update(local=str(local), root=str(root))
     return make_params(tiny_params)
 
 
@@ -178,20 +182,25 @@ def dump_py2(obj, path: Path) -> None:
     path.write_bytes(raw)
 
 
-def write_python_layout(folder: Path, n_train=12, n_test=6, style="py3", seed=0):
+def write_python_layout(folder: Path, n_train=12, n_test=6, style="py3", seed=0, source="cifar100"):
+    """The original python layout of ``source``: CIFAR-100's train/test files, or CIFAR-10's
+    data_batch_1..5/test_batch (the train images spread over the five batches, in order)."""
+    layout = data.CIFAR[source]
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    for split, n in (("train", n_train), ("test", n_test)):
+    for split, n, files in (("train", n_train, layout.train), ("test", n_test, layout.test)):
         flat = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 100, n).tolist()
-        if style == "py2":  # the original files: protocol 2 from Python 2, str (bytes) keys
-            entry = {b"filenames": [b"img_%d.png" % i for i in range(n)], b"batch_label": b"training batch 1 of 1",
-                     b"fine_labels": labels, b"coarse_labels": [x // 5 for x in labels], b"data": flat}
-            dump_py2(entry, folder / split)
-        else:
-            with open(folder / split, "wb") as f:
-                pickle.dump({"data": flat, "fine_labels": labels}, f)
+        for name, part in zip(files, np.array_split(flat, len(files))):
+            m = len(part)
+            labels = rng.integers(0, 100, m).tolist()
+            if style == "py2":  # the original files: protocol 2 from Python 2, str (bytes) keys
+                entry = {b"filenames": [b"img_%d.png" % i for i in range(m)], b"batch_label": b"batch 1 of 1",
+                         b"fine_labels": labels, b"coarse_labels": [x // 5 for x in labels], b"data": part}
+                dump_py2(entry, folder / name)
+            else:
+                with open(folder / name, "wb") as f:
+                    pickle.dump({"data": part, "labels": labels}, f)
         out[split] = flat
     return out
 
@@ -205,7 +214,7 @@ def assert_hwc(images: np.ndarray, flat: np.ndarray):
 
 def test_cifar_numpy_layout(tmp_path, tiny_params):
     arrays = write_numpy_layout(tmp_path / "copy")
-    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"), Paths(tmp_path, "test"))
+    train, test = data.cifar_pools(cifar_params(tiny_params, tmp_path / "copy"), Paths(tmp_path, "test"))
     assert np.array_equal(train, arrays["train_images"]) and np.array_equal(test, arrays["test_images"])
 
 
@@ -214,21 +223,21 @@ def test_cifar_numpy_layout(tmp_path, tiny_params):
 def test_cifar_python_layout_is_read_hwc_pixel_exact(tmp_path, tiny_params, style, nested):
     folder = tmp_path / "copy" / "cifar-100-python" if nested else tmp_path / "copy"
     flat = write_python_layout(folder, style=style)
-    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"), Paths(tmp_path, "test"))
+    train, test = data.cifar_pools(cifar_params(tiny_params, tmp_path / "copy"), Paths(tmp_path, "test"))
     assert_hwc(train, flat["train"])
     assert_hwc(test, flat["test"])
 
 
 def test_cifar_local_copy_relative_to_the_project_root(tmp_path, monkeypatch, tiny_params):
     arrays = write_numpy_layout(tmp_path / "shared" / "c100")
-    train, _ = data.cifar100_pools(cifar_params(tiny_params, "shared/c100"), Paths(tmp_path, "test"))
+    train, _ = data.cifar_pools(cifar_params(tiny_params, "shared/c100"), Paths(tmp_path, "test"))
     assert np.array_equal(train, arrays["train_images"])
 
 
 def test_cifar_local_copy_wins_over_an_earlier_download(tmp_path, tiny_params):
     local = write_numpy_layout(tmp_path / "local", seed=1)
     write_python_layout(tmp_path / "root" / "cifar-100-python", seed=2)
-    train, _ = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "local", tmp_path / "root"), Paths(tmp_path, "test"))
+    train, _ = data.cifar_pools(cifar_params(tiny_params, tmp_path / "local", tmp_path / "root"), Paths(tmp_path, "test"))
     assert np.array_equal(train, local["train_images"])
 
 
@@ -251,7 +260,7 @@ def test_malicious_cifar_pickle_is_refused_and_does_not_run(tmp_path, tiny_param
         with open(folder / split, "wb") as f:
             pickle.dump({"data": _Evil(payload), "fine_labels": [0]}, f)
     with pytest.raises(DataError, match="refusing to unpickle"):
-        data.cifar100_pools(cifar_params(tiny_params, tmp_path / "copy"), Paths(tmp_path, "test"))
+        data.cifar_pools(cifar_params(tiny_params, tmp_path / "copy"), Paths(tmp_path, "test"))
     assert not marker.exists()
 
 
@@ -276,13 +285,13 @@ def test_offline_without_a_copy_fails_fast_naming_both_remedies(tmp_path, monkey
     before = socket.getdefaulttimeout()
     params = cifar_params(tiny_params, tmp_path / "no-copy", tmp_path / "download")
     with pytest.raises(DataError) as exc:
-        data.cifar100_pools(params, Paths(tmp_path, "test"))
+        data.cifar_pools(params, Paths(tmp_path, "test"))
     msg = str(exc.value)
-    assert "network" in msg and "cifar100_local" in msg and "\n" not in msg
+    assert "network" in msg and "data.cifar100.local" in msg and "\n" not in msg
     assert len(calls) == 1 and Path(calls[0][1]) == tmp_path / "download"
     assert calls[0][2] is not None and calls[0][2] <= 30, "no socket timeout while downloading: offline would hang"
     assert socket.getdefaulttimeout() == before
-    with pytest.raises(DataError, match="cifar100_local"):
+    with pytest.raises(DataError, match=r"data\.cifar100\.local"):
         data.build_splits(params, Paths(tmp_path, "test"))
 
 
@@ -293,7 +302,7 @@ def test_download_branch_reads_what_was_downloaded(tmp_path, monkeypatch, tiny_p
     def fake_download(url, download_root, *args, **kwargs):
         flat.update(write_python_layout(Path(download_root) / "cifar-100-python", style="py2"))
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
-    train, test = data.cifar100_pools(cifar_params(tiny_params, tmp_path / "no-copy", tmp_path / "download"), Paths(tmp_path, "test"))
+    train, test = data.cifar_pools(cifar_params(tiny_params, tmp_path / "no-copy", tmp_path / "download"), Paths(tmp_path, "test"))
     assert_hwc(train, flat["train"])
     assert_hwc(test, flat["test"])
 
@@ -306,11 +315,182 @@ def test_cifar_pool_too_small_for_the_params_is_refused(tmp_path, tiny_params):
 
 @pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="no shared CIFAR-100 copy on this machine")
 def test_shared_cifar_copy():
-    found = data._find_cifar(SHARED_CIFAR)
+    found = data._find_cifar(SHARED_CIFAR, data.CIFAR["cifar100"])
     assert found is not None
     train, test = found
     assert train.shape == (25000, 32, 32, 3) and test.shape == (10000, 32, 32, 3)
     assert train.dtype == np.uint8 and test.dtype == np.uint8
+
+
+# ------------------------------------------------------------------------------------------ CIFAR-10
+def test_cifar10_numpy_layout(tmp_path, tiny_params):
+    arrays = write_numpy_layout(tmp_path / "copy", seed=3)
+    train, test = data.cifar_pools(cifar_params(tiny_params, tmp_path / "copy", source="cifar10"), Paths(tmp_path, "test"))
+    assert np.array_equal(train, arrays["train_images"]) and np.array_equal(test, arrays["test_images"])
+
+
+@pytest.mark.parametrize("style", ["py3", "py2"])
+@pytest.mark.parametrize("nested", [True, False])
+def test_cifar10_python_layout_joins_the_five_batches_hwc_pixel_exact(tmp_path, tiny_params, style, nested):
+    folder = tmp_path / "copy" / "cifar-10-batches-py" if nested else tmp_path / "copy"
+    flat = write_python_layout(folder, n_train=15, n_test=4, style=style, source="cifar10")
+    assert sorted(p.name for p in folder.iterdir()) == [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    train, test = data.cifar_pools(cifar_params(tiny_params, tmp_path / "copy", source="cifar10"), Paths(tmp_path, "test"))
+    assert_hwc(train, flat["train"])
+    assert_hwc(test, flat["test"])
+
+
+def test_cifar10_reads_only_its_own_params_and_layout(tmp_path, tiny_params):
+    """A CIFAR-100 copy where cifar10 looks is not taken for CIFAR-10 (it would be the wrong data set)."""
+    import torchvision.datasets.utils as tv_utils
+    write_python_layout(tmp_path / "copy" / "cifar-100-python")
+    tiny_params["data"]["cifar100"].update(local=str(tmp_path / "copy"))  # cifar100's block: not read
+    params = cifar_params(tiny_params, tmp_path / "elsewhere", tmp_path / "copy", source="cifar10")
+
+    def unreachable(url, *args, **kwargs):
+        assert "cifar-10-python" in url
+        raise URLError("offline")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tv_utils, "download_and_extract_archive", unreachable)
+        with pytest.raises(DataError, match=r"^CIFAR-10 is not at data\.cifar10\.local"):
+            data.cifar_pools(params, Paths(tmp_path, "test"))
+
+
+def test_cifar10_malicious_pickle_is_refused(tmp_path, tiny_params):
+    folder = tmp_path / "copy"
+    write_python_layout(folder, source="cifar10")
+    marker = tmp_path / "pwned"
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({"data": _Evil((os.system, (f"echo pwned > {marker}",))), "labels": [0]}, f)
+    with pytest.raises(DataError, match="refusing to unpickle"):
+        data.cifar_pools(cifar_params(tiny_params, folder, source="cifar10"), Paths(tmp_path, "test"))
+    assert not marker.exists()
+
+
+# -------------------------------------------------------------------------------- folder of photos
+def write_photos(folder: Path, n: int = 12, seed: int = 0) -> dict[str, int]:
+    """``n`` photos of different sizes (PNG and JPEG, RGB, grey and RGBA), each a flat colour whose
+    red value says which photo it is; returns {relative path: red value}."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i in range(n):
+        h, w = int(rng.integers(48, 160)), int(rng.integers(48, 200))
+        value = 10 + 20 * i
+        img = np.zeros((h, w, 3), np.uint8)
+        img[..., 0], img[..., 1], img[..., 2] = value, 255 - value, 128
+        sub = folder / ("nested" if i % 4 == 3 else "")
+        sub.mkdir(exist_ok=True)
+        name = f"photo_{i:02d}." + ("png" if i % 2 else "jpg")
+        if i == 5:  # a PNG with alpha: the alpha channel is dropped
+            Image.fromarray(np.dstack([img, np.full((h, w), 200, np.uint8)])).save(sub / name)
+        elif i % 2:
+            Image.fromarray(img).save(sub / name)
+        else:
+            Image.fromarray(img).save(sub / name, quality=100, subsampling=0)
+        out[(sub / name).relative_to(folder).as_posix()] = value
+    return out
+
+
+def folder_params(tiny_params, path, **folder):
+    tiny_params["data"]["source"] = "folder"
+    tiny_params["data"]["folder"].update(path=str(path), scales=[1.0, 0.5], **folder)
+    return make_params(tiny_params)
+
+
+def _photo_of(tile: np.ndarray) -> int:
+    """The red value of a flat-colour photo's tile, rounded to the photos' grid (JPEG moves it a little)."""
+    return int(10 + 20 * round((float(tile[..., 0].mean()) - 10) / 20))
+
+
+def test_folder_tiles_come_from_disjoint_photos_and_the_split_is_recorded(tmp_path, tiny_params):
+    photos = write_photos(tmp_path / "photos")
+    params = folder_params(tiny_params, tmp_path / "photos", test_fraction=0.25)
+    split = data.photo_split(params, AT)
+    assert sorted(split["train"] + split["test"]) == sorted(photos)
+    assert not set(split["train"]) & set(split["test"])
+    assert len(split["test"]) == 3 and len(split["train"]) == 9
+    train, test = data.folder_pools(params, AT, 300, 100)
+    assert train.shape == (300, 32, 32, 3) and test.shape == (100, 32, 32, 3) and train.dtype == np.uint8
+    seen_train, seen_test = {_photo_of(t) for t in train}, {_photo_of(t) for t in test}
+    assert seen_train <= {photos[n] for n in split["train"]}
+    assert seen_test == {photos[n] for n in split["test"]}  # every test photo is used, and nothing else
+    assert not seen_train & seen_test
+    assert len(seen_train) >= len(split["train"]) - 1
+
+
+def test_folder_split_and_tiles_are_deterministic_for_a_seed(tmp_path, tiny_params):
+    write_photos(tmp_path / "photos")
+    params = folder_params(tiny_params, tmp_path / "photos", test_fraction=0.5)
+    a, b = data.folder_pools(params, AT, 40, 20), data.folder_pools(params, AT, 40, 20)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    split = data.photo_split(params, AT)
+    tiny_params["data"]["seed"] = 7
+    other = make_params(tiny_params)
+    assert data.photo_split(other, AT) != split
+    assert not np.array_equal(data.folder_pools(other, AT, 40, 20)[0], a[0])
+
+
+def test_build_splits_from_a_folder_and_the_domains_manifest_records_the_photo_split(project, tmp_path):
+    import json
+
+    from pipeline.stages import domains
+    photos = write_photos(tmp_path / "photos")
+    raw = project.raw
+    raw["data"]["source"] = "folder"
+    raw["data"]["folder"]["path"] = str(tmp_path / "photos")
+    project.write_params(raw)
+    params, paths = project.params, project.paths
+    domains.main(params, paths)
+    manifest = json.loads(paths.manifest.read_text())
+    assert manifest["photos"] == data.photo_split(params, AT)
+    assert sorted(manifest["photos"]["train"] + manifest["photos"]["test"]) == sorted(photos)
+    assert manifest["provenance"]["data_source"] == "folder"
+    assert paths.reports == project.root / "reports" / "folder-quick"
+    test_photos = {photos[n] for n in manifest["photos"]["test"]}
+    base_train = data.load_images(paths.split("base_train"))
+    assert base_train.shape == (params.data.n_pretrain, 32, 32, 3)
+    assert not {_photo_of(t) for t in base_train} & test_photos
+
+
+@pytest.mark.parametrize("case", ["missing", "a file", "empty", "no images", "one photo", "all too small",
+                                  "unreadable", "truncated"])
+def test_folder_errors_are_one_line_naming_the_problem(tmp_path, tiny_params, case):
+    from PIL import Image
+    folder = tmp_path / "photos"
+    expect = {"missing": "is not a folder", "a file": "is not a folder", "empty": "no PNG or JPEG image",
+              "no images": "no PNG or JPEG image", "one photo": "at least 2", "all too small": "at least 32 pixels",
+              "unreadable": "not a readable PNG/JPEG image", "truncated": "not a readable PNG/JPEG image"}[case]
+    if case == "a file":
+        folder.write_text("not a folder")
+    elif case != "missing":
+        folder.mkdir()
+    if case == "no images":
+        (folder / "notes.txt").write_text("hello")
+        (folder / ".hidden.png").write_bytes(b"not an image")  # hidden files are skipped
+    if case == "one photo":
+        write_photos(folder, n=1)
+    if case == "all too small":
+        for i in range(4):
+            Image.fromarray(np.zeros((24, 30, 3), np.uint8)).save(folder / f"small_{i}.png")
+    if case in ("unreadable", "truncated"):
+        write_photos(folder, n=4)
+        bad = folder / "photo_00.jpg"
+        bad.write_bytes(b"GIF89a not really" if case == "unreadable" else bad.read_bytes()[:300])
+    params = folder_params(tiny_params, folder, test_fraction=0.5)
+    with pytest.raises(DataError) as exc:
+        data.build_splits(params, Paths(tmp_path, "test"))
+    msg = str(exc.value)
+    assert msg.startswith("folder: ") and expect in msg and "\n" not in msg, msg
+    if case in ("unreadable", "truncated"):
+        assert "photo_00.jpg" in msg
+
+
+def test_folder_path_relative_to_the_project_root(tmp_path, tiny_params):
+    photos = write_photos(tmp_path / "data" / "kodak", n=4)
+    split = data.photo_split(folder_params(tiny_params, "data/kodak", test_fraction=0.25), Paths(tmp_path, "test"))
+    assert sorted(split["train"] + split["test"]) == sorted(photos) and len(split["test"]) == 1
 
 
 # ---------------------------------------------------------------------------------------- npy files

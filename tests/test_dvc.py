@@ -173,14 +173,10 @@ def test_dvc_paths_are_the_paths_of_pipeline_paths(name, source):
     assert outs("pretrain") == [rel(paths.pretrained)]
     assert outs("pretrain", "metrics") == [rel(paths.pretrain_json)]
     assert outs("pretrain", "plots") == [rel(paths.plots / "pretrain_curve.csv")]
-    d, s = params.domains.names[0], params.adapt.sparsities[0]
-    sam = paths.cell("sam", d, s)
-    assert outs("adapt_sam", item={"domain": d, "sparsity": s}) == sorted([rel(sam.artifact()), rel(sam.metrics)])
-    tuning = paths.cell("tuning", d)
-    assert outs("adapt_tuning", item={"domain": d}) == sorted(
-        [rel(tuning.artifact()), rel(tuning.artifact("retuned")), rel(tuning.metrics)])
-    eq = paths.cell("equalizer", d)
-    assert outs("adapt_equalizer", item={"domain": d}) == sorted([rel(eq.artifact()), rel(eq.metrics)])
+    for method in ("sam", "tuning", "equalizer"):  # one process per method: its folder of cells
+        assert outs(f"adapt_{method}") == [rel(paths.adapt(method))]
+        cell = paths.cell(method, params.domains.names[0], params.adapt.sparsities[0] if method == "sam" else None)
+        assert cell.folder == paths.adapt(method) and cell.metrics.parent == paths.adapt(method)
     assert sorted([*outs("evaluate"), *outs("evaluate", "metrics")]) == sorted(
         [rel(paths.reconstructions), rel(paths.evaluation_csv), rel(paths.evaluate_json)])
     assert rel(paths.tables) in outs("report") and rel(paths.claims_json) in outs("report")
@@ -227,3 +223,14 @@ def test_every_code_dep_exists():
         for dep in entries(st["deps"]):
             if dep.startswith("pipeline/"):
                 assert (REPO / dep).exists(), f"dvc.yaml stage {stage!r} lists {dep}, which does not exist"
+
+
+def test_the_adapt_stages_list_the_params_their_cells_are_keyed_by():
+    """A cell's content key hashes its method's PARAMS: DVC must re-run the stage when any of them changes,
+    and a param the stage lists but the key lacks would leave stale cells in the store."""
+    from pipeline.methods import registry
+    from pipeline.stages.adapt import GRID_KEYS
+    for name, module in registry().items():
+        listed = dvc_stages()[f"adapt_{name}"]["params"]
+        assert set(listed) == set(module.PARAMS), name
+        assert not set(listed) & set(GRID_KEYS), name  # the grid lists are covered by a listed block

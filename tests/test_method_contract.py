@@ -90,7 +90,6 @@ def _digests(root) -> dict[str, str]:
 @pytest.mark.parametrize("name", METHODS)
 def test_adapting_a_cell_writes_only_its_own_outputs(adapted, name):
     """One cell recomputed from scratch (its stored copy removed): only its own files may change."""
-    from pipeline.methods import Context
     from pipeline.paths import Cell
     domain, sparsity = cells(name)[-1]
     cell = adapted.paths.cell(name, domain, sparsity)

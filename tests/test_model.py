@@ -1,4 +1,5 @@
-"""The SC system: power normalisation, AWGN channel, encoder/decoder (cross-agent links: tests/test_context.py)."""
+"""The SC system: power normalisation, AWGN and Rayleigh channels, encoder/decoder (cross-agent links:
+tests/test_context.py)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.model import IMAGE_SHAPE, LATENT_HW, SCModel, awgn, latent_channels, power_normalize
+from pipeline.model import (CHANNELS, IMAGE_SHAPE, LATENT_HW, SCModel, apply_channel, awgn, latent_channels,
+                            power_normalize, rayleigh)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -47,6 +49,78 @@ def test_awgn_is_reproducible_with_a_generator():
     z = power_normalize(torch.randn(4, 8, 8, 8, generator=gen(0)))
     assert torch.equal(awgn(z, 10.0, gen(5)), awgn(z, 10.0, gen(5)))
     assert not torch.equal(awgn(z, 10.0, gen(5)), awgn(z, 10.0, gen(6)))
+
+
+# ------------------------------------------------------------------------------------ Rayleigh
+def _fading(z: torch.Tensor, snr_db: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recover the model's h per complex symbol: rayleigh's noise is AWGN's draw from the same seed,
+    so n = awgn(z) - z and x_hat - x = n / h give h = n / (x_hat - x)."""
+    n = torch.view_as_complex((awgn(z, snr_db, gen(seed)) - z).reshape(len(z), -1, 2).contiguous())
+    e = torch.view_as_complex((rayleigh(z, snr_db, gen(seed)) - z).reshape(len(z), -1, 2).contiguous())
+    return n / e, n
+
+
+def test_rayleigh_is_seeded_and_deterministic():
+    z = power_normalize(torch.randn(8, 8, 8, 8, generator=gen(0)))
+    assert torch.equal(rayleigh(z, 10.0, gen(5)), rayleigh(z, 10.0, gen(5)))
+    assert not torch.equal(rayleigh(z, 10.0, gen(5)), rayleigh(z, 10.0, gen(6)))
+    assert not torch.equal(rayleigh(z, 10.0, gen(5)), awgn(z, 10.0, gen(5)))
+    assert rayleigh(z, 10.0, gen(5)).shape == z.shape and rayleigh(z, 10.0, gen(5)).dtype == z.dtype
+    # the documented draw order: the noise (AWGN's draw), then one (batch, 2) normal tensor for h
+    g = gen(5)
+    n = torch.view_as_complex((10 ** (-10.0 / 20) * torch.randn(z.shape, generator=g)).reshape(8, -1, 2))
+    h = torch.view_as_complex(torch.randn((8, 1, 2), generator=g) * math.sqrt(0.5))
+    x = torch.view_as_complex(z.reshape(8, -1, 2).contiguous())
+    expected = torch.view_as_real((h * x + n) / h).reshape(z.shape)
+    assert torch.equal(rayleigh(z, 10.0, gen(5)), expected)
+
+
+def test_rayleigh_fading_is_one_cn01_coefficient_per_image():
+    z = power_normalize(torch.randn(4000, 2, 8, 8, generator=gen(1)))  # 64 complex symbols per image
+    h, _ = _fading(z, 10.0, seed=3)
+    per_image = h[:, :1]
+    assert torch.allclose(h, per_image.expand_as(h), rtol=1e-3, atol=1e-4), "h must be constant within an image"
+    power = per_image.abs().pow(2).flatten()
+    # |h|^2 ~ Exp(1): mean 1, variance 1, P(|h|^2 < 0.1) = 1 - exp(-0.1)
+    assert abs(float(power.mean()) - 1.0) < 0.05 and abs(float(power.var()) - 1.0) < 0.12
+    assert abs(float((power < 0.1).float().mean()) - (1 - math.exp(-0.1))) < 0.015
+    assert abs(float(per_image.real.mean())) < 0.03 and abs(float(per_image.imag.mean())) < 0.03
+    assert abs(float((per_image.real * per_image.imag).mean())) < 0.03  # circular: independent parts
+    assert abs(float(per_image.real.var()) - 0.5) < 0.04 and abs(float(per_image.imag.var()) - 0.5) < 0.04
+    assert len(set(per_image.flatten().tolist())) == len(z), "every image draws its own coefficient"
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 10.0, 20.0])
+def test_rayleigh_average_received_snr_is_the_set_snr(snr_db):
+    z = power_normalize(torch.randn(4000, 2, 8, 8, generator=gen(2)))
+    h, n = _fading(z, snr_db, seed=4)
+    x = torch.view_as_complex(z.reshape(len(z), -1, 2).contiguous())
+    received = (h * x).abs().pow(2).mean()  # E|h x|^2 = E|h|^2 E|x|^2 = 2 (two unit-power real symbols)
+    assert abs(float(x.abs().pow(2).mean()) - 2.0) < 1e-4
+    measured = 10 * math.log10(float(received) / float(n.abs().pow(2).mean()))
+    assert abs(measured - snr_db) < 0.25, measured
+    # after zero forcing, an image's noise power is sigma^2 / |h|^2 per real symbol
+    e = rayleigh(z, snr_db, gen(4)) - z
+    per_image = e.flatten(1).pow(2).mean(1) * h[:, 0].abs().pow(2)
+    assert torch.allclose(per_image.mean(), torch.tensor(10 ** (-snr_db / 10)), rtol=0.05)
+
+
+def test_scmodel_trains_and_evaluates_on_its_channel():
+    torch.manual_seed(0)
+    awgn_model = SCModel(width=4).eval()
+    torch.manual_seed(0)
+    fading_model = SCModel(width=4, channel="rayleigh").eval()
+    x = images(3)
+    with torch.no_grad():
+        assert torch.equal(fading_model.transmit(x), awgn_model.transmit(x))  # same weights
+        assert torch.equal(fading_model(x, gen(1)), fading_model.decoder(rayleigh(fading_model.transmit(x), 10.0, gen(1))))
+        assert torch.equal(fading_model(x, gen(1), channel="awgn"), awgn_model(x, gen(1)))
+        assert torch.equal(apply_channel("awgn", x, 5.0, gen(3)), awgn(x, 5.0, gen(3)))
+    assert set(CHANNELS) == {"awgn", "rayleigh"}
+    with pytest.raises(ValueError, match="rician"):
+        SCModel(width=4, channel="rician")
+    nn.functional.mse_loss(fading_model.train()(x, gen(0)), x).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fading_model.parameters())
 
 
 def test_latent_channels_realise_the_bandwidth_ratio():

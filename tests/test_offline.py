@@ -1,4 +1,4 @@
-"""Offline CIFAR-100: no copy and no network fails within seconds, naming both remedies."""
+"""Offline CIFAR-10/100: no copy and no network fails within seconds, naming both remedies."""
 from __future__ import annotations
 
 import time
@@ -10,33 +10,35 @@ from pipeline.paths import Paths
 
 
 # ------------------------------------------------------------------------------ offline CIFAR-100
-def _cifar_params(tiny_params, tmp_path):
+def _cifar_params(tiny_params, tmp_path, source="cifar100"):
     from pipeline.config import parse
     raw = tiny_params
-    raw["data"].update(source="cifar100", cifar100_local=str(tmp_path / "no-local-copy"),
-                       cifar100_root=str(tmp_path / "download"))
+    raw["data"]["source"] = source
+    raw["data"][source].update(local=str(tmp_path / "no-local-copy"), root=str(tmp_path / "download"))
     return parse(raw)
 
 
-def _assert_both_remedies(msg: str):
-    assert "cifar100_local" in msg and "network" in msg, msg
+def _assert_both_remedies(msg: str, source="cifar100"):
+    assert f"data.{source}.local" in msg and "network" in msg, msg
     assert "\n" not in msg
 
 
-def test_offline_cifar100_fails_fast_with_the_real_downloader(tmp_path, monkeypatch, tiny_params):
+@pytest.mark.parametrize("source,dataset", [("cifar100", "CIFAR100"), ("cifar10", "CIFAR10")])
+def test_offline_cifar_fails_fast_with_the_real_downloader(tmp_path, monkeypatch, tiny_params, source, dataset):
     import socket
 
     import torchvision.datasets
     # Port 9 (discard) on this machine: refused at once, whether or not the machine has a network.
-    monkeypatch.setattr(torchvision.datasets.CIFAR100, "url", "http://127.0.0.1:9/cifar-100-python.tar.gz")
-    params = _cifar_params(tiny_params, tmp_path)
+    monkeypatch.setattr(getattr(torchvision.datasets, dataset), "url", f"http://127.0.0.1:9/{source}.tar.gz")
+    params = _cifar_params(tiny_params, tmp_path, source)
     before = socket.getdefaulttimeout()
     start = time.monotonic()
     with pytest.raises(data.DataError) as exc:
-        data.cifar100_pools(params, Paths(tmp_path, "test"))
+        data.cifar_pools(params, Paths(tmp_path, "test"))
     elapsed = time.monotonic() - start
     assert elapsed < 5.0, f"offline failure took {elapsed:.1f} s"
-    _assert_both_remedies(str(exc.value))
+    _assert_both_remedies(str(exc.value), source)
+    assert str(exc.value).startswith({"cifar100": "CIFAR-100 ", "cifar10": "CIFAR-10 "}[source])
     assert socket.getdefaulttimeout() == before
     assert not list((tmp_path / "download").glob("*.tar.gz")), "a partial download was left behind"
 
@@ -56,7 +58,7 @@ def test_offline_cifar100_a_server_that_never_answers_times_out(tmp_path, monkey
         params = _cifar_params(tiny_params, tmp_path)
         start = time.monotonic()
         with pytest.raises(data.DataError) as exc:
-            data.cifar100_pools(params, Paths(tmp_path, "test"), download_timeout=1.0)
+            data.cifar_pools(params, Paths(tmp_path, "test"), download_timeout=1.0)
         elapsed = time.monotonic() - start
     finally:
         silent.close()

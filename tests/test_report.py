@@ -281,6 +281,53 @@ def test_report_stage_writes_every_file(project, capsys):
     assert parent.info.status == "FINISHED"
 
 
+def test_mlflow_ui_view_of_an_execution(project, capsys):
+    """Read back through MlflowClient what the UI reads: the experiment (its kind tag: model training,
+    so MLflow 3 does not treat it as a GenAI app), the parent run of the execution (its description and
+    the report's tables and figures), and the stages' child runs pointing to it."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import tracking
+    params, paths = project.params, project.paths
+    write_inputs(params, paths, tidy(list(params.domains.names), list(params.adapt.sparsities)))
+    with tracking.Tracker(params, paths, "domains") as tracker:  # another stage of the same execution
+        tracker.log_metrics({"n_base_train": 1})
+    run(report.main, project.root)
+    client = MlflowClient(tracking_uri=tracking.tracking_uri(paths))
+    (exp,) = client.search_experiments(filter_string=f"name = '{tracking.EXPERIMENT}'")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # MLflow 3.17's UI opens on the sidebar toggle's view (GenAI by default): the link that opens on the
+    # runs is in the experiment's description and printed by the report stage
+    link = f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    captured = capsys.readouterr()
+    assert link in exp.tags["mlflow.note.content"] and link in captured.out and "TRACKING FAILED" not in captured.err
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and sorted(r.data.tags["stage"] for r in children) == ["domains", "report"]
+    parent = parents[0]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    note = parent.data.tags["mlflow.note.content"]
+    commit = tracking.git_commit(project.root)
+    assert "profile **quick**" in note and "data source **builtin**" in note and f"`{commit}`" in note, note
+    assert parent.info.run_name.startswith("builtin-quick ") and parent.info.status == "FINISHED"
+    tables = {a.path for a in client.list_artifacts(parent.info.run_id, "tables")}
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {f"tables/{t}.{ext}" for t in ("main", "misalignment", "memory") for ext in ("csv", "md", "tex")} <= tables
+    assert {f"figures/{f}.png" for f in ("psnr_vs_sparsity", "misalignment", "pair_matrix")} <= figures
+    assert "claims.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # an experiment made before the tag existed gets it from the next stage; a user's own choice stays
+    client.delete_experiment_tag(exp.experiment_id, "mlflow.experimentKind")
+    with tracking.Tracker(params, paths, "validate"):
+        pass
+    assert client.get_experiment(exp.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "finetuning")
+    with tracking.Tracker(params, paths, "validate"):
+        pass
+    assert client.get_experiment(exp.experiment_id).tags["mlflow.experimentKind"] == "finetuning"
+    assert "TRACKING FAILED" not in capsys.readouterr().err
+
+
 def test_missing_csv_exits_2_and_writes_nothing(project, capsys):
     with pytest.raises(SystemExit) as exit_:
         run(report.main, project.root)

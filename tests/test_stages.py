@@ -343,15 +343,15 @@ def test_stage_data_error_exits_2_with_one_line_and_no_outputs(project, capsys, 
         raise URLError("network is unreachable")
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", unreachable)
     raw = project.raw
-    raw["data"].update(source="cifar100", cifar100_local=str(tmp_path / "no-copy"),
-                       cifar100_root=str(tmp_path / "no-download"))
+    raw["data"]["source"] = "cifar100"
+    raw["data"]["cifar100"].update(local=str(tmp_path / "no-copy"), root=str(tmp_path / "no-download"))
     project.write_params(raw)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         run(domains.main, project.root)
     assert exc.value.code == 2
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and "cifar100_local" in lines[0] and "network" in lines[0], lines
+    assert len(lines) == 1 and "data.cifar100.local" in lines[0] and "network" in lines[0], lines
     assert not (project.root / "build").exists() and not (project.root / "reports").exists()
 
 

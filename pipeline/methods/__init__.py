@@ -27,7 +27,7 @@ import torch
 
 from ..config import Params
 from ..data import load_images, to_tensor
-from ..model import SCModel, awgn
+from ..model import SCModel, apply_channel
 from ..paths import Paths
 from ..train import evaluate_psnr, evaluate_psnr_fanout, load_model
 
@@ -82,10 +82,13 @@ class Context:
     device: torch.device
     snr_db: float | None = None  # evaluation SNR; None: params.evaluate.snr_db
     checkpoints: Path | None = None  # this cell's checkpoint folder (removed when the cell completes)
+    channel_type: str | None = None  # evaluation channel; None: params.model.channel (what agents train on)
 
     def __post_init__(self):
         if self.snr_db is None:
             self.snr_db = self.params.evaluate.snr_db
+        if self.channel_type is None:
+            self.channel_type = self.params.model.channel
 
     def split(self, name: str) -> torch.Tensor:
         return _split(self.paths.split(name))
@@ -99,16 +102,16 @@ class Context:
         return folder / f"{tag}.pt"
 
     def self_link(self, model: SCModel) -> Decode:
-        """An agent's own Tx -> channel (evaluation SNR) -> Rx."""
-        return lambda x, g: model(x, g, snr_db=self.snr_db)
+        """An agent's own Tx -> channel (evaluation SNR and channel) -> Rx."""
+        return lambda x, g: model(x, g, snr_db=self.snr_db, channel=self.channel_type)
 
     def link(self, tx: SCModel, rx: SCModel, equalizer: torch.nn.Module | None = None) -> Decode:
         """Agent tx's encoder -> channel -> (equalizer) -> agent rx's decoder."""
         return _compose(self.channel(tx), self.receiver(rx, equalizer))
 
     def channel(self, tx: SCModel) -> Decode:
-        """Agent tx's encoder -> channel (evaluation SNR): the symbols a receiver gets."""
-        return lambda x, g: awgn(tx.transmit(x), self.snr_db, g)
+        """Agent tx's encoder -> channel (evaluation SNR and channel): the symbols a receiver gets."""
+        return lambda x, g: apply_channel(self.channel_type, tx.transmit(x), self.snr_db, g)
 
     def receiver(self, rx: SCModel, equalizer: torch.nn.Module | None = None) -> Receive:
         """(Equalizer ->) agent rx's decoder, on received symbols."""

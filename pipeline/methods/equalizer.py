@@ -12,7 +12,7 @@ from torch import nn
 
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
-from ..model import awgn
+from ..model import apply_channel
 from ..storage import save_safetensors
 from ..train import data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant
@@ -59,7 +59,10 @@ def train_equalizer(ctx: Context, tx, rx, images, tag: str) -> tuple[Equalizer, 
     opt = torch.optim.Adam(eq.parameters(), lr=p.equalizer.lr)
     key = fingerprint(NAME, tag, base_fingerprint(tx), base_fingerprint(rx), data_fingerprint(images),
                       p.model_dump(include={"equalizer", "train", "model", "domains"}))
-    curve = fit(eq, opt, images, lambda x, g: rx.decoder(eq(awgn(tx.transmit(x), rx.snr_db, g))),
+
+    def forward(x, g):  # on the channel and SNR the agents were trained on (model.channel, model.snr_db)
+        return rx.decoder(eq(apply_channel(rx.channel, tx.transmit(x), rx.snr_db, g)))
+    curve = fit(eq, opt, images, forward,
                 epochs=p.equalizer.epochs, batch_size=p.train.batch_size, seed=p.adapt.seed, device=ctx.device,
                 checkpoint=ctx.checkpoint(tag), key=key, desc=f"equalizer {tag}")
     return eq.eval(), curve

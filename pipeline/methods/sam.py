@@ -6,7 +6,6 @@ import time
 import torch
 
 from ..fingerprint import base_fingerprint
-from ..model import awgn
 from ..sam import (SAMState, attach_sam, install_sam, load_sam, memory_cost, sam_disabled, sam_layers, sam_parameters,
                    sam_state, save_sam, set_sam_enabled)
 from ..train import data_fingerprint, fingerprint, fit
@@ -143,7 +142,7 @@ def variants(ctx: Context, sparsity: float) -> list[Variant]:
         def encode(x, g):
             install_sam(model, states[a])
             set_sam_enabled(model, False)
-            return awgn(model.transmit(x), ctx.snr_db, g)
+            return ctx.channel(model)(x, g)
         return encode
 
     def receive(a, b):

@@ -7,7 +7,8 @@ images for every method (SAMs hot-swapped in one process, the base model loaded 
 - ``allocation``: budget spread linear (d_in + d_out) vs uniform vs product (d_in * d_out);
 - ``mask``: score-based (straight-through) vs a random fixed mask vs a one-shot Fisher mask;
 - ``sparsity``: the sparsity range widened (``ablate.sparsities``);
-- ``snr``: every method evaluated at each SNR of ``ablate.snr_db`` (no retraining).
+- ``snr``: every method evaluated at each SNR of ``ablate.snr_db`` on each channel (AWGN, Rayleigh block
+  fading), no retraining: the agents keep what they trained on (``model.channel``, ``model.snr_db``).
 Each writes a CSV + Markdown table, a figure and a finding stated with numbers.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..config import ConfigError, Params
 from ..methods import BASE_AGENT, Context
 from ..methods.sam import train_sam
 from ..metrics import misalignment, ordered_pairs
+from ..model import CHANNELS
 from ..paths import Paths
 from ..sam import install_sam, layer_budgets, sam_state
 from ..tracking import Tracker
@@ -40,18 +42,25 @@ def write_table(df: pd.DataFrame, name: str, params: Params, paths: Paths, run_i
                                       f"{df.to_markdown(index=False, floatfmt='.3f')}\n")
 
 
-def _plot(df: pd.DataFrame, x: str, y: str, hue: str, title: str, logx: bool = False):
+def _plot(df: pd.DataFrame, x: str, y: str, hue: str, title: str, logx: bool = False, style: str | None = None):
     import matplotlib
     matplotlib.use("Agg")
     import seaborn as sns
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    sns.lineplot(df, x=x, y=y, hue=hue, marker="o", ax=ax)
+    sns.lineplot(df, x=x, y=y, hue=hue, style=style, marker="o", ax=ax)
     if logx:
         ax.set_xscale("log")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _log_to_parent(tracker: Tracker, paths: Paths, table: str, figure) -> None:
+    """A study's table and figure on the execution's parent run, beside the report's."""
+    tracker.log_parent_artifact(figure, "figures")
+    for ext in ("csv", "md"):
+        tracker.log_parent_artifact(paths.ablations / f"{table}.{ext}", "ablations")
 
 
 # -------------------------------------------------------------------------------------- network view
@@ -98,6 +107,7 @@ def network_main(params: Params, paths: Paths) -> None:
         fig.suptitle("Network view: Tx -> Rx PSNR (dB) on base test images", fontsize=10)
         save_figure(fig, paths.figures / "network.png")
         tracker.log_artifact(paths.figures / "network.png", "figures")
+        _log_to_parent(tracker, paths, "network", paths.figures / "network.png")
         print(f"network: {finding}")
 
 
@@ -172,8 +182,8 @@ def _best(means: pd.Series) -> str:
 
 def _snr(ctx: Context) -> tuple[pd.DataFrame, str, object]:
     rows = []
-    for snr in ctx.params.ablate.snr_db:
-        c = Context(ctx.params, ctx.paths, ctx.device, snr_db=snr)
+    for channel, snr in ((ch, s) for ch in CHANNELS for s in ctx.params.ablate.snr_db):
+        c = Context(ctx.params, ctx.paths, ctx.device, snr_db=snr, channel_type=channel)
         pre = c.pretrained()
         ref = c.psnr(c.link(pre, pre), c.split("base_test"))
         # sam at its largest sparsity only: every sam variant is bitwise the base when switched off.
@@ -182,15 +192,20 @@ def _snr(ctx: Context) -> tuple[pd.DataFrame, str, object]:
             local = statistics.fmean(c.psnr(v.local(d), c.split(f"{d}_test")) for d in c.params.domains.names)
             pairs = c.pair_psnrs(v, ordered_pairs(list(c.params.domains.names)), c.split("base_test"))
             mis = statistics.fmean(misalignment(ref, psnr) for psnr in pairs.values())
-            rows.append({"snr_db": snr, "method": v.method if v.sparsity is None else f"{v.method} γ={v.sparsity:g}",
+            rows.append({"channel": channel, "snr_db": snr,
+                         "method": v.method if v.sparsity is None else f"{v.method} γ={v.sparsity:g}",
                          "domain_psnr": local, "misalignment": mis})
     df = pd.DataFrame(rows)
     sam = df[df.method.str.startswith("sam")]
+    lost = df[df.method == "no_alignment"]
     finding = (f"sam's misalignment stays {sam.misalignment.abs().max():.3g} dB at every SNR in "
-               f"{list(ctx.params.ablate.snr_db)}; no_alignment loses "
-               + ", ".join(f"{r.misalignment:.2f} dB at {r.snr_db:g} dB" for r in
-                           df[df.method == "no_alignment"].itertuples()) + ".")
-    fig = _plot(df, "snr_db", "domain_psnr", "method", "Mean domain PSNR vs evaluation SNR")
+               f"{list(ctx.params.ablate.snr_db)} on {' and '.join(CHANNELS)} (agents trained on "
+               f"{ctx.params.model.channel} at {ctx.params.model.snr_db:g} dB); no_alignment loses "
+               + "; ".join(f"{ch}: " + ", ".join(f"{r.misalignment:.2f} dB at {r.snr_db:g} dB"
+                                                for r in lost[lost.channel == ch].itertuples()) for ch in CHANNELS)
+               + ".")
+    fig = _plot(df, "snr_db", "domain_psnr", "method", "Mean domain PSNR vs evaluation SNR (line style: channel)",
+                style="channel")
     return df, finding, fig
 
 
@@ -208,6 +223,7 @@ def ablate_main(params: Params, paths: Paths, argv=None) -> None:
         path = paths.figures / f"ablation_{args.study}.png"
         save_figure(fig, path)
         tracker.log_artifact(path, "figures")
+        _log_to_parent(tracker, paths, args.study, path)
         tracker.set_tags({"finding": finding[:5000]})
     shutil.rmtree(ctx.checkpoints, ignore_errors=True)
     print(f"ablate {args.study}: {finding}")

@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 
 from ..config import Params
-from ..data import apply_domain, build_splits, grid
+from ..data import apply_domain, build_splits, grid, photo_split
 from ..paths import Paths
 from ..tracking import Tracker
 from . import provenance, run, save_figure, write_json, write_npy
@@ -30,6 +30,9 @@ def main(params: Params, paths: Paths) -> None:
     with Tracker(params, paths, "domains") as tracker:
         splits = build_splits(params, paths)
         manifest = {"provenance": provenance(params, paths, tracker.run_id), "splits": {}}
+        photos = photo_split(params, paths)
+        if photos is not None:  # sources cut from photos: which photos the train and test tiles come from
+            manifest["photos"] = photos
         for name, arr in splits.items():
             write_npy(paths.split(name), arr)
             manifest["splits"][name] = {"shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}

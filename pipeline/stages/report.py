@@ -389,8 +389,10 @@ def main(params: Params, paths: Paths) -> None:
             write_text(paths.plots / f"{name}.csv", frame.to_csv(index=False))
             written.append(paths.plots / f"{name}.csv")
         written += claims.write_claims(entries, out, prov)
-        for path in written:
-            tracker.log_artifact(path, path.parent.relative_to(out).as_posix() if path.parent != out else None)
+        for path in written:  # on the stage's run and on the execution's (parent) run, where a reader looks first
+            folder = path.parent.relative_to(out).as_posix() if path.parent != out else None
+            tracker.log_artifact(path, folder)
+            tracker.log_parent_artifact(path, folder)
         tracker.log_metrics({f"claim_{e['id']}_pass": float(e["status"] == claims.PASS) for e in entries})
         tracker.set_tags({f"claim.{e['id']}": e["status"] for e in entries})
     for e in entries:
@@ -398,6 +400,9 @@ def main(params: Params, paths: Paths) -> None:
     failed = claims.failed_guarantees(entries)
     verdict = "all PASS" if not failed else "FAILED: " + ", ".join(failed)
     print(f"report: {len(written)} files in {out}; guarantees {verdict}")
+    if tracker.runs_page:
+        print(f"report: MLflow: `mlflow ui --host 127.0.0.1`, then {tracker.runs_page} (this run's tables and "
+              "figures are on its parent run)")
 
 
 if __name__ == "__main__":
