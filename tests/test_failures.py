@@ -125,3 +125,30 @@ def test_a_killed_stage_keeps_every_committed_report_file(tmp_path, mlflow_templ
     assert sorted(report_changes(repo)) == [" M reports/builtin-quick/metrics/pretrain.json",
                                             " M reports/builtin-quick/plots/pretrain_curve.csv"]
     assert dvc_status(repo, "pretrain") == {}
+
+
+# ------------------------------------------------------------------------------ timing after a resume
+def test_pretrain_timing_after_a_resume_counts_the_epochs_it_timed(prepared, monkeypatch):
+    """images/s divides the images of the epochs this run trained by the seconds it timed, and a
+    resumed run says where it resumed (issue 17: every epoch's images over the resumed epochs' time)."""
+    import json
+
+    from pipeline import data
+    from pipeline.stages import pretrain
+
+    from .test_stages import Killed, kill_at_epoch
+    params, paths = prepared.params, prepared.paths
+    assert params.pretrain.epochs == 2
+    images = len(data.load_images(paths.split("base_train")))
+    restore = kill_at_epoch(monkeypatch, 2)
+    with pytest.raises(Killed):
+        pretrain.main(params, paths)
+    restore()
+    pretrain.main(params, paths)  # resumes at epoch 1/2: trains and times epoch 2 only
+    resumed = json.loads(paths.pretrain_json.read_text())
+    assert resumed["resumed_from_epoch"] == 1
+    assert resumed["images_per_second"] == pytest.approx(images * 1 / resumed["train_seconds"], rel=1e-3)
+    pretrain.main(params, paths)  # uninterrupted
+    whole = json.loads(paths.pretrain_json.read_text())
+    assert "resumed_from_epoch" not in whole
+    assert whole["images_per_second"] == pytest.approx(images * 2 / whole["train_seconds"], rel=1e-3)

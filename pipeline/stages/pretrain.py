@@ -35,7 +35,10 @@ def main(params: Params, paths: Paths) -> None:
     with Tracker(params, paths, "pretrain") as tracker:
         tracker.set_tags(rt)
 
+        trained = []  # epochs trained and timed here: after a resume, not those the checkpoint holds
+
         def on_epoch(epoch, loss):
+            trained.append(epoch)
             model.eval()
             return {"test_psnr": evaluate_psnr(self_link(model), test_x, **ev)}
 
@@ -54,7 +57,9 @@ def main(params: Params, paths: Paths) -> None:
             metrics[f"psnr_{d}_test"] = evaluate_psnr(self_link(model), xs, **ev)
         n_params = sum(p.numel() for p in model.parameters())
         metrics.update({"parameters": n_params, "train_seconds": seconds,
-                        "images_per_second": len(train_x) * (params.pretrain.epochs) / seconds})
+                        "images_per_second": len(train_x) * len(trained) / seconds})
+        if len(trained) < params.pretrain.epochs:  # the timing covers the resumed epochs only: say so
+            metrics["resumed_from_epoch"] = params.pretrain.epochs - len(trained)
         save_model(model.cpu(), paths.pretrained, {"profile": params.profile, "source": params.data.source})
         tracker.log_metrics(metrics)
         curve = paths.plots / "pretrain_curve.csv"
