@@ -261,7 +261,10 @@ def _one_line(err: ValidationError, raw: dict) -> str:
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     if not first["loc"]:  # a rule across several keys: its message names them
         return f"params: {first['msg'].removeprefix('Value error, ')}{more}"
-    return f"params: {key} = {value!r}: {first['msg']}{more}"
+    # The schema holds lists as tuples (frozen); params.yaml, and the user, speak of lists.
+    msg = (first["msg"].replace("a valid tuple", "a list").replace("Tuple should", "The list should")
+           .replace(" after validation", ""))
+    return f"params: {key} = {value!r}: {msg}{more}"
 
 
 def parse(raw: object) -> Params:

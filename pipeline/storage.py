@@ -3,13 +3,15 @@
 safetensors writes its JSON header from a hash map, so the same tensors and metadata can give
 different bytes from one save to the next; DVC would then see a changed output where nothing
 changed. ``safetensors_bytes`` rewrites the header with sorted keys (tensor offsets are relative to
-the data section, so they stay valid).
+the data section, so they stay valid). ``file_kind`` tells the pipeline's safetensors files apart
+from their headers, so a loader can say what it was given instead of failing on a missing key.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -55,3 +57,51 @@ def write_atomic_with(path: str | os.PathLike, write: Callable[[io.BytesIO], obj
 def save_safetensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"],
                      metadata: dict[str, str] | None = None) -> None:
     write_atomic(path, safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata))
+
+
+# ------------------------------------------------------------------ what a safetensors file holds
+# Told from what every such file already holds: no "kind" field is written, because a SAM's memory
+# cost is its file size (claim C2), which a field would change.
+KINDS = {"sam": "a SAM file (metadata format 'sam/<n>')",
+         "model": "a model file (the SC model's state dict: encoder.*, decoder.*)",
+         "equalizer": "an equalizer file (metadata 'receiver', tensors <partner>.blocks.*)"}
+_EQUALIZER_TENSOR = re.compile(r"\w+\.blocks\.\d+\.")
+_HEADER_LIMIT = 100 << 20  # safetensors' own bound on a header
+
+
+def safetensors_header(path: str | os.PathLike) -> dict | None:
+    """The JSON header of a safetensors file (tensor entries, ``__metadata__``); None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 0 < n <= _HEADER_LIMIT else None
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """Which of the pipeline's safetensors files ``path`` is (a key of ``KINDS``), from its header: a
+    SAM's ``format`` metadata, an equalizer's ``receiver`` metadata or tensor names, a model's
+    state-dict names. None: unreadable, or none of these."""
+    header = safetensors_header(path)
+    if header is None:
+        return None
+    meta = header.get("__metadata__") or {}
+    names = [k for k in header if k != "__metadata__"]
+    if str(meta.get("format", "")).startswith("sam/"):
+        return "sam"
+    if "receiver" in meta or (names and all(_EQUALIZER_TENSOR.match(n) for n in names)):
+        return "equalizer"
+    if names and all(n.startswith(("encoder.", "decoder.")) for n in names):
+        return "model"
+    return None
+
+
+def wrong_kind(path: str | os.PathLike, expected: str) -> str | None:
+    """What to say when ``path`` is another kind of pipeline file than ``expected``; None otherwise
+    (the right kind, or no kind known: the loader's own checks then speak)."""
+    kind = file_kind(path)
+    if kind is None or kind == expected:
+        return None
+    return f"{KINDS[kind]} given where {KINDS[expected]} is expected"

@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 from .config import InputError, Params
 from .metrics import mean_psnr, psnr_per_image
 from .model import SCModel
-from .storage import save_safetensors, write_atomic_with
+from .storage import save_safetensors, write_atomic_with, wrong_kind
 
 
 class ModelFileError(InputError):
-    """A model file that is missing, corrupt or does not fit the configured architecture."""
+    """A model (or equalizer) file that is missing, corrupt, of another kind or does not fit the configured
+    architecture."""
 
 
 # ------------------------------------------------------------------------------------------ runtime
@@ -214,7 +215,9 @@ def save_model(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
 
 
 def load_model(params: Params, path: Path) -> SCModel:
-    """The pretrained model, refusing a missing, corrupt or mismatched file with one clear line."""
+    """The pretrained model, refusing a missing, corrupt, mismatched or other kind of file with one clear line."""
+    if problem := wrong_kind(path, "model"):
+        raise ModelFileError(f"{path}: {problem}")
     model = build_model(params)
     try:
         state = load_file(str(path))

@@ -13,8 +13,8 @@ from torch import nn
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
 from ..model import apply_channel
-from ..storage import save_safetensors
-from ..train import data_fingerprint, fingerprint, fit
+from ..storage import save_safetensors, wrong_kind
+from ..train import ModelFileError, data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant
 from .tuning import copy_bytes, tuned_models
 
@@ -88,7 +88,10 @@ def adapt(ctx: Context, domain: str, sparsity: None, out, tracker) -> dict:
 
 
 def load_equalizers(ctx: Context, receiver: str, channels: int) -> dict[str, Equalizer]:
-    state = load_file(str(eq_path(ctx, receiver)))
+    path = eq_path(ctx, receiver)
+    if problem := wrong_kind(path, NAME):
+        raise ModelFileError(f"{path}: {problem}")
+    state = load_file(str(path))
     out = {}
     for partner in (d for d in ctx.params.domains.names if d != receiver):
         eq = new_equalizer(ctx, channels)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..config import InputError
 from ..fingerprint import base_fingerprint, base_tensors, hash_tensors
-from ..storage import safetensors_bytes, write_atomic
+from ..storage import safetensors_bytes, write_atomic, wrong_kind
 from .model import SAMState, _index_problem, _layers, _state_problem
 
 FORMAT = "sam/2"
@@ -139,6 +139,8 @@ def load_sam(path: str | os.PathLike, model: nn.Module) -> SAMState:
     def fail(msg: str) -> SAMFileError:
         return SAMFileError(f"{os.fspath(path)}: {msg}")
 
+    if problem := wrong_kind(path, "sam"):
+        raise fail(problem)
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -6,10 +6,12 @@ passes their paths to the code below it.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +37,15 @@ def run(main: Callable[[Params, Paths], None], root: Path | None = None) -> None
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically: readers never see half a file, a failure keeps the old one."""
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_rows(path: Path, rows: list[dict], fieldnames: Sequence[str]) -> None:
+    """Write dicts as CSV atomically (with the csv module's \\r\\n line ends)."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fieldnames)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def write_npy(path: Path, arr: np.ndarray) -> None:

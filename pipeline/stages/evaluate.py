@@ -6,8 +6,6 @@ for the report's figure. Every link is evaluated with the same noise realisation
 """
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 
 import numpy as np
@@ -19,7 +17,7 @@ from ..metrics import FIELDS, fp32_bytes, memory_cost_pct, misalignment, ordered
 from ..paths import Paths
 from ..tracking import Tracker
 from ..train import setup_runtime
-from . import provenance, run, write_json, write_npy, write_text
+from . import provenance, run, write_json, write_npy, write_rows
 
 
 def all_variants(ctx: Context) -> list[Variant]:
@@ -85,11 +83,8 @@ def reconstructions(ctx: Context, variants: list[Variant], n: int) -> np.ndarray
 
 
 def write_csv(path, rows: list[dict]) -> None:
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=FIELDS)
-    w.writeheader()
-    w.writerows({**r, "value": f"{r['value']:.6f}" if isinstance(r["value"], float) else r["value"]} for r in rows)
-    write_text(path, buf.getvalue())
+    write_rows(path, [{**r, "value": f"{r['value']:.6f}" if isinstance(r["value"], float) else r["value"]}
+                      for r in rows], FIELDS)
 
 
 def evaluate_all(ctx: Context) -> tuple[list[dict], float, list[Variant]]:

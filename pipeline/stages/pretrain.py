@@ -1,7 +1,6 @@
 """Stage ``pretrain``: train the SC autoencoder on base images (the aligned Tx/Rx pair)."""
 from __future__ import annotations
 
-import csv
 import time
 
 import torch
@@ -11,7 +10,7 @@ from ..data import load_images, to_tensor
 from ..paths import Paths
 from ..train import build_model, data_fingerprint, evaluate_psnr, fingerprint, fit, save_model, setup_runtime
 from ..tracking import Tracker
-from . import provenance, run, write_json
+from . import provenance, run, write_json, write_rows
 
 
 def load_split(paths: Paths, name: str) -> torch.Tensor:
@@ -36,7 +35,10 @@ def main(params: Params, paths: Paths) -> None:
     with Tracker(params, paths, "pretrain") as tracker:
         tracker.set_tags(rt)
 
+        trained = []  # epochs trained and timed here: after a resume, not those the checkpoint holds
+
         def on_epoch(epoch, loss):
+            trained.append(epoch)
             model.eval()
             return {"test_psnr": evaluate_psnr(self_link(model), test_x, **ev)}
 
@@ -55,15 +57,13 @@ def main(params: Params, paths: Paths) -> None:
             metrics[f"psnr_{d}_test"] = evaluate_psnr(self_link(model), xs, **ev)
         n_params = sum(p.numel() for p in model.parameters())
         metrics.update({"parameters": n_params, "train_seconds": seconds,
-                        "images_per_second": len(train_x) * (params.pretrain.epochs) / seconds})
+                        "images_per_second": len(train_x) * len(trained) / seconds})
+        if len(trained) < params.pretrain.epochs:  # the timing covers the resumed epochs only: say so
+            metrics["resumed_from_epoch"] = params.pretrain.epochs - len(trained)
         save_model(model.cpu(), paths.pretrained, {"profile": params.profile, "source": params.data.source})
         tracker.log_metrics(metrics)
         curve = paths.plots / "pretrain_curve.csv"
-        curve.parent.mkdir(parents=True, exist_ok=True)
-        with open(curve, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "test_psnr"])
-            w.writeheader()
-            w.writerows(history)
+        write_rows(curve, history, ["epoch", "train_loss", "test_psnr"])
         tracker.log_artifact(curve, "plots")
         write_json(paths.pretrain_json,
                    {**{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},

@@ -227,6 +227,10 @@ def write_tables(frames: Frames, folder: Path, header: str) -> list[Path]:
         for text, suffix in zip(render_table(flat_table(frame, fmt), fmt, header), (".csv", ".md", ".tex")):
             write_text(folder / f"{name}{suffix}", text)
             written.append(folder / f"{name}{suffix}")
+    # The folder is a persistent DVC output (kept, not emptied, before the stage runs): a file this run
+    # did not write, a table of older code for instance, must not pass as part of this run's result.
+    for stale in sorted(set(folder.iterdir()) - set(written)):
+        stale.unlink()
     return written
 
 
