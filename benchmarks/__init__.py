@@ -27,7 +27,8 @@ images, and trains through the pipeline's own seam, ``pipeline.train.train_one_e
    last real quick execution's per-stage durations read from ``mlflow.db`` (``search_runs``),
    against the stage cells ``dvc`` lists for the quick profile.
 8. With CUDA: the step, pretraining, inference and bf16/fp32 ratios on the GPU (paper profile's
-   width and precision).
+   width and precision). ``python -m benchmarks.gpu`` adds the paper profile's pretraining and a
+   sweep of adapt cells on Ray; it skips with one line without CUDA.
 
 Timing (``benchmarks.timing``): the machine is shared (2 cores, other jobs), so no absolute number
 is trusted alone. Candidates run in interleaved blocks whose order rotates every repeat (A B, B A,
@@ -39,5 +40,5 @@ correctness only, never speed.
 
 Modules: ``timing`` (the harness), ``micro`` (measurements 1-5), ``throughput`` (measurement 6, the
 multiply-add counter, the CPU's peak), ``rows`` (their report rows and the GPU rows), ``history``
-(MLflow and DVC), ``scaling``, ``report`` (rows, Markdown), ``main``.
+(MLflow and DVC), ``scaling``, ``report`` (rows, Markdown), ``main``, ``gpu`` (the GPU script).
 """

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from benchmarks import history, main, micro, report, rows, scaling, throughput, timing
+from benchmarks import gpu, history, main, micro, report, rows, scaling, throughput, timing
 from pipeline import config, profile, train
 from pipeline.paths import REPO
 
@@ -203,6 +203,55 @@ def test_gpu_rows_code_path_runs_on_any_device(params, tmp_path):
     assert len(got) == 7 and all(r.status in ("PASS", "FAIL", "INFO") for r in got)  # 5 + bf16/fp32, channels_last
     assert all(math.isfinite(v) and v > 0 for r in got for v in r.metrics.values())
     assert all(r.name.startswith("GPU ") for r in got) and "width 32" in note
+
+
+def test_gpu_script_skips_with_one_line_without_cuda(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu.main(["--out", str(tmp_path / "benchmarks.md"), "--work", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("benchmarks.gpu: skipped") and out.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # nothing written, no work folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs for real")
+def test_gpu_script_entry_point_skips_on_this_machine(tmp_path):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--out", str(tmp_path / "b.md")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("benchmarks.gpu: skipped") and done.stdout.count("\n") == 1
+    assert not (tmp_path / "b.md").exists()
+
+
+def test_gpu_section_replaces_its_previous_version_and_keeps_the_cpu_report(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# zfda-bench benchmarks\n\n| cpu table |\n")
+    first = gpu.gpu_section("GPU A", [report.Row("x", "1 s")], {"gpu": "A"}, ["note a"])
+    gpu.upsert_section(path, first)
+    gpu.upsert_section(path, gpu.gpu_section("GPU B", [report.Row("x", "2 s")], {"gpu": "B"}, ["note b"]))
+    text = path.read_text()
+    assert text.startswith("# zfda-bench benchmarks\n\n| cpu table |\n") and text.count(gpu.BEGIN) == 1
+    assert "## GPU: GPU B" in text and "GPU A" not in text and ["x", "2 s", "—", "—", "INFO"] in _cells(text)
+    gpu.upsert_section(tmp_path / "new.md", first)  # no report yet: the section under the title
+    assert (tmp_path / "new.md").read_text().startswith("# zfda-bench benchmarks\n\n" + gpu.BEGIN)
+
+
+@pytest.mark.slow
+def test_gpu_script_code_path_on_the_cpu(tmp_path, monkeypatch):
+    """The whole script with tiny sizes on the CPU (the GPU rows have their own test): the paper
+    profile's stages, two sweep cells one after another, the section in the report."""
+    monkeypatch.setenv("ZFDA_EXECUTION", "pytest-gpu")
+    monkeypatch.setattr(gpu, "gpu_rows", lambda *a, **k: ([report.Row("GPU stub", "—")], "stub note"))
+    out = tmp_path / "benchmarks.md"
+    with timing.cpu_runtime(1):
+        assert gpu.main(["--device", "cpu", "--tiny", "--cells", "2", "--executor", "local", "--out", str(out),
+                         "--work", str(tmp_path / "work")]) == 0
+    table = _cells(out.read_text())
+    pre, sweep = table[1], table[2]
+    assert pre[0].startswith("GPU paper-profile pretraining, 2 epochs") and "base test PSNR" in pre[1]
+    assert sweep[0].startswith("GPU sweep: 2 sam adapt cells") and "2/2 cells done" in sweep[1] and sweep[4] == "INFO"
+    assert table[3][0] == "GPU stub"
+    assert (tmp_path / "work" / "build" / "builtin-paper" / "adapt" / "sam").is_dir()
 
 
 def test_least_squares_recovers_the_scaling_model():
