@@ -18,11 +18,17 @@ images, and trains through the pipeline's own seam, ``pipeline.train.train_one_e
 4. ``pipeline.train.fit`` (as the pretrain stage calls it, one epoch) against ``train_one_epoch``
    alone on the same data: what fit's checkpointing and history cost an epoch.
 5. Inference with a stored SAM switched on against the base model.
-6. ``--scaling``: ``dvc repro`` from clean of the tiny config (``profiles/tiny.yaml``) at several
+6. Pretraining images/s by ``train.precision``: bf16 against fp32 (goal 1.5x), and on the CPU fp32
+   with channels_last against contiguous; the base test PSNR of both precisions after one fixed
+   budget on builtin thumbnails (goal: within 0.1 dB); achieved GFLOP/s (multiply-adds counted over
+   the conv layers) against the CPU's peak estimated from its /proc/cpuinfo flags and clock.
+7. ``--scaling``: ``dvc repro`` from clean of the tiny config (``profiles/tiny.yaml``) at several
    pipeline sizes in a temporary copy of the working tree, a least-squares fit, and (always) the
    last real quick execution's per-stage durations read from ``mlflow.db`` (``search_runs``),
    against the stage cells ``dvc`` lists for the quick profile.
-7. With CUDA: the step, pretraining and inference ratios on the GPU (paper profile's width).
+8. With CUDA: the step, pretraining, inference and bf16/fp32 ratios on the GPU (paper profile's
+   width and precision). ``python -m benchmarks.gpu`` adds the paper profile's pretraining and a
+   sweep of adapt cells on Ray; it skips with one line without CUDA.
 
 Timing (``benchmarks.timing``): the machine is shared (2 cores, other jobs), so no absolute number
 is trusted alone. Candidates run in interleaved blocks whose order rotates every repeat (A B, B A,
@@ -32,6 +38,7 @@ ratio, and times are medians. CPU measurements run with one torch thread by defa
 same-code A/A ratios came out up to 20 % off, against about 1 % with one thread. Tests check
 correctness only, never speed.
 
-Modules: ``timing`` (the harness), ``micro`` (measurements 1-5), ``rows`` (their report rows and
-the GPU rows), ``history`` (MLflow and DVC), ``scaling``, ``report`` (rows, Markdown), ``main``.
+Modules: ``timing`` (the harness), ``micro`` (measurements 1-5), ``throughput`` (measurement 6, the
+multiply-add counter, the CPU's peak), ``rows`` (their report rows and the GPU rows), ``history``
+(MLflow and DVC), ``scaling``, ``report`` (rows, Markdown), ``main``, ``gpu`` (the GPU script).
 """

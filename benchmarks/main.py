@@ -18,13 +18,14 @@ from pipeline.tracking import Tracker, git_commit
 from .history import quick_history
 from .micro import measure_inference, measure_pretrain, measure_sam_step, measure_storage, measure_switch
 from .report import Row, machine_info, markdown
-from .rows import gpu_rows, rows_inference, rows_pretrain, rows_sam_step, rows_storage, rows_switch
+from .rows import gpu_rows, rows_inference, rows_precision, rows_pretrain, rows_sam_step, rows_storage, rows_switch
 from .scaling import SCALING_SIZES, rows_scaling, run_scaling
+from .throughput import measure_precision, measure_precision_psnr, this_cpu_peak
 from .timing import FULL, QUICK, Settings, cpu_runtime
 
 
 def collect(params: Params, s: Settings, tmpdir: Path, threads: int = 1) -> list[Row]:
-    """Measurements 1-5 on CPU: deterministic algorithms as in the pipeline, ``threads`` torch threads
+    """Measurements 1-6 on CPU: deterministic algorithms as in the pipeline, ``threads`` torch threads
     (0: params' ``train.threads``, i.e. the pipeline's own setting)."""
     sp = sorted(params.adapt.sparsities)
     pair = sorted({sp[-1], sp[0]}, reverse=True)  # largest and smallest sparsity (0.01, 0.0003 in quick)
@@ -34,7 +35,10 @@ def collect(params: Params, s: Settings, tmpdir: Path, threads: int = 1) -> list
                  ("switch", lambda: rows_switch(measure_switch(params, sp[-1], s, tmpdir), sp[-1])),
                  ("storage", lambda: rows_storage(measure_storage(params, sp, s, tmpdir), sp)),
                  ("pretrain", lambda: rows_pretrain(measure_pretrain(params, s, tmpdir))),
-                 ("inference", lambda: rows_inference(measure_inference(params, sp[-1], s), sp[-1]))]
+                 ("inference", lambda: rows_inference(measure_inference(params, sp[-1], s), sp[-1])),
+                 ("precision", lambda: rows_precision(measure_precision(params, s), measure_precision_psnr(params, s),
+                                                      this_cpu_peak(), batch=params.train.batch_size,
+                                                      width=params.model.width, threads=torch.get_num_threads()))]
         for what, fn in steps:
             t = time.perf_counter()
             got = fn()
@@ -54,7 +58,24 @@ NOTES = ("Switch: `set_sam_enabled` only flips flags; the merged weight W0 + m�
          "pretrain stage calls it (per-epoch checkpoint into a temporary dir, history; without the stage's "
          "per-epoch test evaluation) against `train_one_epoch` alone on the same images: the ratio prices what "
          "`fit` adds to an epoch; a block is one epoch, so the checkpoint weighs more here than in the real "
-         "8000-image epochs.")
+         "8000-image epochs.",
+         "Precision: `train_one_epoch(..., precision=...)` in fp32 and bf16 (autocast of forward and loss; weights, "
+         "gradients, Adam state and evaluation fp32) on the same seeded model, random images and batch; on the CPU "
+         "also fp32 with channels_last (model converted once, each batch converted in the forward), which the "
+         "pipeline uses on CUDA only. Without AVX512-BF16 or AMX (see the flags in the peak row) oneDNN has no "
+         "bf16 convolution and PyTorch falls back to its slow reference convolution, so bf16 there is far slower "
+         "than fp32, and `train.precision: auto` picks fp32. The PSNR row trains both precisions on the same "
+         "builtin thumbnails (training photos, `data.builtin_scales`) with the pretraining seed, learning rate and "
+         "batch, then evaluates both in fp32 on thumbnails of the test photos with `evaluate.noise_seed`. "
+         "torch.compile is not used (measured: README, Benchmarks).",
+         "GFLOP/s: multiply-adds per image forward counted by forward hooks over the model's Conv2d and "
+         "ConvTranspose2d layers (elementwise PReLU, normalisation and noise left out), × 2 FLOPs × 3 for forward "
+         "and backward (the first layer's unneeded input gradient counted too), × measured images/s. Peak = "
+         "cores used (the torch threads) × clock × FLOPs per cycle and core from /proc/cpuinfo: the clock is the "
+         "highest `cpu MHz` (under a hypervisor the nominal clock; boost not counted, so the real peak may be "
+         "higher); two FMA pipes of the widest vector width are assumed (AVX2: 32 fp32 FLOPs/cycle, AVX-512: 64, "
+         "half that on Zen 4, whose 512-bit FMAs run as two halves); bf16: 128 with AVX512-BF16 (VDPBF16PS), "
+         "1024 with AMX, else the fp32 figure.")
 
 
 def main(argv: list[str] | None = None) -> int:

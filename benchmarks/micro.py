@@ -48,11 +48,12 @@ def sam_optimizer(model: nn.Module, params: Params) -> torch.optim.Optimizer:
 
 
 def epoch(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, params: Params, *, seed: int = 0,
-          device=None) -> float:
-    """One ``train_one_epoch`` of ``model`` (its own forward) over ``images``, on the model's device."""
+          device=None, precision: str | None = None) -> float:
+    """One ``train_one_epoch`` of ``model`` (its own forward) over ``images``, on the model's device
+    (``precision`` None: the process's, fp32 unless ``setup_runtime`` said otherwise)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     return train_one_epoch(model, opt, images, lambda x, gen: model(x, gen), epoch=0, seed=seed,
-                           batch_size=params.train.batch_size, device=device, desc="benchmark")
+                           batch_size=params.train.batch_size, device=device, desc="benchmark", precision=precision)
 
 
 def trained_sam(params: Params, base: nn.Module, sparsity: float, *, steps: int, seed: int = 0) -> nn.Module:
@@ -65,7 +66,7 @@ def trained_sam(params: Params, base: nn.Module, sparsity: float, *, steps: int,
 
 # ---------------------------------------------------------------------------------- measurements
 def measure_sam_step(params: Params, sparsities: Sequence[float], s: Settings, *, device="cpu",
-                     width: int | None = None) -> dict[str, float]:
+                     width: int | None = None, precision: str | None = None) -> dict[str, float]:
     """Seconds per training step, full fine-tuning vs SAM at each sparsity, and the paired ratios."""
     base = make_model(params, width=width, device=device)
     batch = random_images(params.train.batch_size, seed=1)
@@ -75,7 +76,7 @@ def measure_sam_step(params: Params, sparsities: Sequence[float], s: Settings, *
     for g in sparsities:
         m = attach_sam(copy.deepcopy(base), g, params.adapt.allocation)
         cands[f"sam@{g:g}"] = (m, sam_optimizer(m, params))
-    fns = {k: (lambda c=c: epoch(c[0], c[1], batch, params)) for k, c in cands.items()}
+    fns = {k: (lambda c=c: epoch(c[0], c[1], batch, params, precision=precision)) for k, c in cands.items()}
     t = interleaved(fns, repeats=s.repeats, inner=s.inner, device=device, warmup=2)
     out = {"full_step_s": med(t["full"])}
     for g in sparsities:
@@ -183,7 +184,7 @@ def safetensors_header_bytes(path: str | os.PathLike) -> int:
 
 
 def measure_pretrain(params: Params, s: Settings, tmpdir: Path, *, device="cpu", width: int | None = None,
-                     n_images: int | None = None) -> dict[str, float]:
+                     n_images: int | None = None, precision: str | None = None) -> dict[str, float]:
     """``fit`` as the pretrain stage calls it (one epoch per block, its per-epoch checkpoint into
     ``tmpdir``; no ``on_epoch`` evaluation) against ``train_one_epoch`` alone: same model, data,
     batch, seeds; the difference is what ``fit`` adds (checkpoint resume check and save, history)."""
@@ -202,12 +203,12 @@ def measure_pretrain(params: Params, s: Settings, tmpdir: Path, *, device="cpu",
         ckpt = tmpdir / f"pretrain-{calls[0]}.pt"  # fresh each call: fit must not resume a finished run
         fit(model, opt, images, lambda x, gen: model(x, gen), epochs=1, batch_size=params.train.batch_size,
             seed=params.pretrain.seed + calls[0], device=dev, checkpoint=ckpt, key=f"benchmark-{calls[0]}",
-            desc="benchmark fit")
+            desc="benchmark fit", precision=precision)
         ckpt.unlink(missing_ok=True)
 
     def epoch_only():
         model, opt = runs["epoch"]
-        epoch(model, opt, images, params, seed=params.pretrain.seed + calls[0], device=dev)
+        epoch(model, opt, images, params, seed=params.pretrain.seed + calls[0], device=dev, precision=precision)
 
     t = interleaved({"fit": with_fit, "epoch": epoch_only}, repeats=s.repeats, device=device, warmup=1)
     return {"fit_s": med(t["fit"]), "epoch_s": med(t["epoch"]), "images": float(n),

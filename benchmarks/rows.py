@@ -1,6 +1,7 @@
-"""Report rows of measurements 1-5 (goals and PASS/FAIL), and the same ratios on the GPU."""
+"""Report rows of measurements 1-6 (goals and PASS/FAIL), and the same ratios on the GPU."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -9,11 +10,17 @@ import torch
 from pipeline import config, profile
 from pipeline.config import Params
 
+from pipeline.train import resolve_precision
+
 from .micro import measure_inference, measure_pretrain, measure_sam_step
 from .report import Row, fmt_t, judge, slug
+from .throughput import TRAIN_FLOPS_PER_MAC, Peak, measure_precision
 from .timing import Settings
 
 HEADER_ALLOWANCE = 4096  # bytes of a SAM file not charged against gamma's budget (layer table, digests)
+BF16_SPEEDUP_GOAL = 1.5  # issue 14: bf16 pretraining images/s over fp32's on this CPU
+PSNR_TOLERANCE_DB = 0.1  # ... with the final base PSNR within this of fp32's on the same budget
+CHANNELS_LAST_PAYS = 1.05  # the speed-up at which channels_last on the CPU would be worth using
 
 
 def rows_sam_step(r: Mapping[str, float], sparsities: Sequence[float], prefix: str = "") -> list[Row]:
@@ -92,8 +99,53 @@ def rows_inference(r: Mapping[str, float], sparsity: float, prefix: str = "") ->
                  f"{key}.base_images_per_s": r["base_images_per_s"]})]
 
 
+def rows_precision(r: Mapping[str, float], psnr: Mapping[str, float] | None, peak: Peak | None, *, batch: int,
+                   width: int, threads: int = 1, prefix: str = "") -> list[Row]:
+    """bf16/fp32 pretraining images/s (goal 1.5x), channels_last's speed-up (CPU), the PSNR of both
+    precisions after one budget, achieved GFLOP/s against the peak of ``threads`` cores."""
+    key = slug(f"{prefix}pretrain_bf16_speedup")
+    fp, bf, speedup = r["fp32_images_per_s"], r["bf16_images_per_s"], r["bf16_speedup"]
+    out = [Row(f"{prefix}Pretraining images/s, train.precision bf16 / fp32 (train_one_epoch, width {width}, "
+               f"batch {batch})", f"{bf:.0f} vs {fp:.0f} images/s ({int(r['images'])} images per block)",
+               f"≥ {BF16_SPEEDUP_GOAL:g}", f"{speedup:.3f}", judge(speedup, ">=", BF16_SPEEDUP_GOAL),
+               {key: speedup, f"{key}.bf16_images_per_s": bf, f"{key}.fp32_images_per_s": fp})]
+    if "channels_last_speedup" in r:
+        cl = r["channels_last_speedup"]
+        used = "used" if cl >= CHANNELS_LAST_PAYS else "not used"
+        out.append(Row(f"{prefix}Pretraining images/s, channels_last / contiguous (fp32, CPU; {used} by the pipeline: "
+                       f"it would pay at ≥ {CHANNELS_LAST_PAYS:g})",
+                       f"{r['fp32_channels_last_images_per_s']:.0f} vs {fp:.0f} images/s", ratio=f"{cl:.3f}",
+                       metrics={slug(f"{prefix}pretrain_channels_last_speedup"): cl}))
+    if psnr is not None:
+        delta = psnr["psnr_bf16"] - psnr["psnr_fp32"]
+        spread = psnr["psnr_fp32_reseeded"] - psnr["psnr_fp32"]
+        key = slug(f"{prefix}pretrain_bf16_psnr_delta_db")
+        out.append(Row(f"{prefix}Base test PSNR after the same budget, bf16 − fp32 ({int(psnr['psnr_epochs'])} epochs × "
+                       f"{int(psnr['psnr_images'])} builtin thumbnails, batch {batch}; fp32 evaluation on "
+                       f"{int(psnr['psnr_test_images'])} thumbnails of the test photos)",
+                       f"{psnr['psnr_bf16']:.3f} vs {psnr['psnr_fp32']:.3f} dB; fp32 with the next shuffle and noise "
+                       f"seed: {psnr['psnr_fp32_reseeded']:.3f} dB ({spread:+.3f} dB, this budget's run-to-run spread); "
+                       f"training {psnr['psnr_bf16_images_per_s']:.0f} vs {psnr['psnr_fp32_images_per_s']:.0f} images/s",
+                       f"within ±{PSNR_TOLERANCE_DB:g} dB", f"{delta:+.3f} dB", judge(abs(delta), "<=", PSNR_TOLERANCE_DB),
+                       {key: delta, f"{key}.bf16_db": psnr["psnr_bf16"], f"{key}.fp32_db": psnr["psnr_fp32"],
+                        f"{key}.fp32_reseeded_delta_db": spread}))
+    if peak is not None:
+        macs = r["macs_per_image"]
+        for p in ("fp32", "bf16"):
+            achieved = r[f"{p}_images_per_s"] * macs * TRAIN_FLOPS_PER_MAC / 1e9
+            top = peak.gflops(p, threads)
+            isa = peak.bf16_isa if p == "bf16" else peak.fp32_isa
+            key = slug(f"{prefix}pretrain_{p}_gflops")
+            out.append(Row(f"{prefix}Achieved GFLOP/s, {p} pretraining / the CPU's {p} peak on {threads} core(s)",
+                           f"{achieved:.1f} vs {top:.1f} GFLOP/s ({macs / 1e6:.2f} M multiply-adds per image forward "
+                           f"× {TRAIN_FLOPS_PER_MAC} FLOPs for forward + backward; peak {threads} × {peak.ghz:.2f} GHz × "
+                           f"{peak.bf16_per_cycle if p == 'bf16' else peak.fp32_per_cycle} FLOPs/cycle, {isa})",
+                           ratio=f"{achieved / top:.3f}", metrics={key: achieved, f"{key}.peak": top}))
+    return out
+
+
 GPU_ROW_NAMES = ("GPU SAM train step / full fine-tuning step", "GPU pretraining throughput, fit / train_one_epoch",
-                 "GPU inference throughput, stored SAM on / base model")
+                 "GPU inference throughput, stored SAM on / base model", "GPU pretraining images/s, bf16 / fp32")
 
 
 def gpu_rows(params: Params, s: Settings, tmpdir: Path, sparsities: Sequence[float],
@@ -104,16 +156,21 @@ def gpu_rows(params: Params, s: Settings, tmpdir: Path, sparsities: Sequence[flo
         return ([Row(n, "no CUDA device", status="SKIP") for n in GPU_ROW_NAMES],
                 "GPU rows skipped: torch.cuda.is_available() is False on this machine.")
     dev = torch.device(device or "cuda")
-    width = config.parse(profile.render("paper")).model.width
+    paper = config.parse(profile.render("paper"))
+    width, precision = paper.model.width, resolve_precision(paper.train.precision, dev)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
     prefix = "GPU "
     rows: list[Row] = []
-    step = measure_sam_step(params, sparsities, s, device=dev, width=width)
+    step = measure_sam_step(params, sparsities, s, device=dev, width=width, precision=precision)
     rows += rows_sam_step(step, sparsities, prefix)
-    pre = measure_pretrain(params, s, tmpdir, device=dev, width=width, n_images=8 * s.n_images)
-    rows += rows_pretrain(pre, prefix, f" (width {width}, bf16 autocast)")
+    pre = measure_pretrain(params, s, tmpdir, device=dev, width=width, n_images=8 * s.n_images, precision=precision)
+    rows += rows_pretrain(pre, prefix, f" (width {width}, {precision})")
     rows.append(Row(f"GPU pretraining images/s, width {width}, batch {params.train.batch_size}",
                     f"{pre['fit_images_per_s']:.0f} images/s (fit)", metrics={"gpu_fit_images_per_s": pre["fit_images_per_s"]}))
     rows += rows_inference(measure_inference(params, max(sparsities), s, device=dev, width=width),
                            max(sparsities), prefix)
-    return rows, f"GPU rows on {name} (width {width} from profiles/paper.yaml)."
+    gpu_s = dataclasses.replace(s, precision_repeats=s.repeats, precision_images=8 * s.n_images)  # bf16 is fast here
+    rows += rows_precision(measure_precision(params, gpu_s, device=dev, width=width), None, None,
+                           batch=params.train.batch_size, width=width, prefix=prefix)
+    return rows, (f"GPU rows on {name} (width {width} from profiles/paper.yaml; training in {precision}, "
+                  f"its train.precision = {paper.train.precision}).")

@@ -20,9 +20,16 @@ class Settings:
     slow_inner: int    # calls per block for reloads and swaps (milliseconds)
     n_images: int      # images per pretraining block (one fit epoch)
     train_steps: int   # SAM training steps before a state is frozen and stored
+    # precision (measurement 6; bf16 without native instructions is ~15x slower: fewer, smaller blocks)
+    precision_repeats: int = 2   # interleaved blocks per precision
+    precision_images: int = 32   # images per block (one train_one_epoch)
+    psnr_images: int = 64        # builtin training thumbnails of the fp32-vs-bf16 PSNR budget
+    psnr_epochs: int = 1         # epochs of that budget
+    psnr_test_images: int = 32   # builtin test thumbnails it is evaluated on
 
 
-FULL = Settings(repeats=15, inner=3, fast_repeats=21, fast_inner=300, slow_inner=5, n_images=1280, train_steps=5)
+FULL = Settings(repeats=15, inner=3, fast_repeats=21, fast_inner=300, slow_inner=5, n_images=1280, train_steps=5,
+                precision_repeats=5, precision_images=256, psnr_images=1024, psnr_epochs=2, psnr_test_images=500)
 QUICK = Settings(repeats=3, inner=1, fast_repeats=3, fast_inner=10, slow_inner=2, n_images=48, train_steps=2)
 
 

@@ -133,6 +133,9 @@ class Train(_Block):
     batch_size: Annotated[int, Field(ge=1, le=65536)]
     device: Literal["auto", "cpu", "cuda"]
     threads: Annotated[int, Field(ge=0, le=1024)] = Field(description="torch threads; 0 = torch's default")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        description="training compute (evaluation is always fp32): bf16 autocasts forward and loss, weights "
+                    "and optimizer state stay fp32; auto: bf16 on CUDA or a CPU with AVX512-BF16/AMX, else fp32")
 
 
 class Pretrain(_Block):

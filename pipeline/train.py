@@ -3,6 +3,11 @@
 Determinism: each epoch's shuffling and channel noise come from a generator seeded by
 ``(seed, epoch)``, so a run resumed from the checkpoint of epoch e draws exactly what an
 uninterrupted run draws, and the final weights and metrics are the same.
+
+Precision: ``train.precision`` (fp32, bf16, auto) governs training only: bf16 autocast of the
+forward and loss in ``train_one_epoch``, weights, gradients, loss and optimizer state staying fp32.
+Evaluation always runs in fp32, and so does everything the zero-forget guarantees rest on (the
+switched-off SAM model is the fp32 base bit for bit).
 """
 from __future__ import annotations
 
@@ -45,8 +50,41 @@ def deterministic_algorithms() -> None:
         setter(True, warn_only=False)
 
 
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 dot products (x86)
+
+_precision = "fp32"  # this process's training precision: train.precision as resolved by setup_runtime
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (the first ``flags`` line of ``cpuinfo``; empty where there is none)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def resolve_precision(want: str, device: torch.device) -> str:
+    """``train.precision`` as it runs on ``device``: ``fp32`` or ``bf16``.
+
+    ``auto`` is bf16 on CUDA (where the GPU supports it) and on a CPU with AVX512-BF16 or AMX, fp32
+    elsewhere: without those instructions oneDNN has no bf16 convolution and falls back to a slow
+    reference path (measured about 15x slower than fp32 on an AVX2-only EPYC, see the benchmarks).
+    """
+    if want != "auto":
+        return want
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_flags() & set(BF16_CPU_FLAGS) else "fp32"
+
+
 def setup_runtime(params: Params) -> dict:
-    """Pick the device, fix threads and deterministic algorithms; return what to log."""
+    """Pick the device and the training precision, fix threads and deterministic algorithms; return
+    what to log. Later ``fit``/``train_one_epoch`` calls train in that precision."""
+    global _precision
     want = params.train.device
     if want == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
@@ -55,9 +93,14 @@ def setup_runtime(params: Params) -> dict:
         torch.set_num_threads(params.train.threads)
     if device.type == "cpu":
         deterministic_algorithms()
+    _precision = resolve_precision(params.train.precision, device)
+    if _precision == "bf16" and device.type == "cpu" and not cpu_flags() & set(BF16_CPU_FLAGS):
+        print("warning: train.precision = 'bf16' on a CPU without AVX512-BF16 or AMX: emulated, much slower "
+              "than fp32 ('auto' picks fp32 here)", file=sys.stderr, flush=True)
     info = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
             else platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "precision": f"{_precision} (train.precision = {params.train.precision})"}
     print("runtime: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     info["device_obj"] = device
     return info
@@ -70,7 +113,8 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 
 
 def to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 NCHW -> float in [0, 1] on the device (channels_last on CUDA, where it pays)."""
+    """uint8 NCHW -> float in [0, 1] on the device (channels_last on CUDA, where it pays; on the CPU
+    it does not pay for this model, measured by the benchmarks)."""
     x = batch.to(device, non_blocking=True).float().div_(255)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
@@ -99,7 +143,7 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     write_atomic_with(path, lambda f: torch.save(state, f))  # a kill mid-write keeps the previous one
 
 
-def _load_checkpoint(path: Path, key: str) -> dict | None:
+def _load_checkpoint(path: Path, key: str, precision: str) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -107,8 +151,9 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
     except Exception as err:
         print(f"checkpoint {path} unreadable ({type(err).__name__}); starting from scratch", flush=True)
         return None
-    if state.get("key") != key:
-        print(f"checkpoint {path} belongs to other params or inputs; starting from scratch", flush=True)
+    # the key hashes train.precision as written; "auto" can resolve differently on another machine
+    if state.get("key") != key or state.get("precision") != precision:
+        print(f"checkpoint {path} belongs to other params, inputs or precision; starting from scratch", flush=True)
         return None
     return state
 
@@ -116,14 +161,17 @@ def _load_checkpoint(path: Path, key: str) -> dict | None:
 # -------------------------------------------------------------------------------------------- loops
 def train_one_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, epoch: int, seed: int,
-                    batch_size: int, device: torch.device, desc: str) -> float:
+                    batch_size: int, device: torch.device, desc: str, precision: str | None = None) -> float:
     """One epoch (0-based ``epoch``) of minimising MSE(forward(x), x) over ``images`` (uint8 NCHW);
     returns its mean train loss.
 
     The shuffle order and ``forward``'s noise generator depend on ``(seed, epoch)`` only, so an
-    epoch is the same whether it follows the previous one in this process or a resume. bf16
-    autocast on CUDA, fp32 on the CPU.
+    epoch is the same whether it follows the previous one in this process or a resume.
+    ``precision`` (``fp32``/``bf16``; None: what ``setup_runtime`` resolved, fp32 without it): bf16
+    autocasts ``forward``; the loss is computed from its output cast back to fp32, and the
+    parameters, gradients and optimizer state stay fp32.
     """
+    bf16 = (precision or _precision) == "bf16"
     module.train()
     gen = epoch_generator(seed, epoch, device)
     n = len(images)
@@ -131,7 +179,7 @@ def train_one_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, images:
     total, seen = 0.0, 0
     for i in progress(range(0, n, batch_size), desc):
         x = to_float(images[order[i:i + batch_size]], device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = nn.functional.mse_loss(forward(x, gen).float(), x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -144,15 +192,17 @@ def train_one_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, images:
 def fit(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
         forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, epochs: int, batch_size: int,
         seed: int, device: torch.device, checkpoint: Path, key: str, desc: str,
-        on_epoch: Callable[[int, float], dict] | None = None) -> list[dict]:
+        on_epoch: Callable[[int, float], dict] | None = None, precision: str | None = None) -> list[dict]:
     """``train_one_epoch`` for each epoch not yet done, with a checkpoint after every epoch.
 
     ``module`` holds everything trained (its state_dict is checkpointed with the optimizer's);
-    ``on_epoch(epoch, train_loss)`` returns extra per-epoch metrics for the history.
+    ``on_epoch(epoch, train_loss)`` returns extra per-epoch metrics for the history (outside
+    autocast). A checkpoint resumes only the same ``key`` trained in the same precision.
     Returns the history (one dict per epoch), including epochs restored from the checkpoint.
     """
+    precision = precision or _precision
     history, start = [], 0
-    state = _load_checkpoint(checkpoint, key)
+    state = _load_checkpoint(checkpoint, key, precision)
     if state is not None:
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
@@ -160,12 +210,13 @@ def fit(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tenso
         print(f"{desc}: resumed from checkpoint at epoch {start}/{epochs}", flush=True)
     for epoch in range(start, epochs):
         loss = train_one_epoch(module, optimizer, images, forward, epoch=epoch, seed=seed, batch_size=batch_size,
-                               device=device, desc=f"{desc} epoch {epoch + 1}/{epochs}")
+                               device=device, desc=f"{desc} epoch {epoch + 1}/{epochs}", precision=precision)
         row = {"epoch": epoch + 1, "train_loss": loss}
         if on_epoch is not None:
             row.update(on_epoch(epoch + 1, row["train_loss"]))
         history.append(row)
-        _save_checkpoint(checkpoint, {"key": key, "epoch": epoch + 1, "module": module.state_dict(),
+        _save_checkpoint(checkpoint, {"key": key, "precision": precision, "epoch": epoch + 1,
+                                      "module": module.state_dict(),
                                       "optimizer": optimizer.state_dict(), "history": history})
     return history
 
@@ -186,16 +237,18 @@ def evaluate_psnr_fanout(transmit: Callable[[torch.Tensor, torch.Generator], tor
 
     Each batch is transmitted once (noise drawn once) and decoded by every receiver, so the numbers
     are exactly those of one ``evaluate_psnr`` per receiver with the same noise seed, at the cost of
-    one encoding for all of them (receivers must not draw noise or change their input).
+    one encoding for all of them (receivers must not draw noise or change their input). Always fp32:
+    autocast is off here even inside a caller's autocast region, whatever ``train.precision``.
     """
     gen = torch.Generator(device=device)
     gen.manual_seed(noise_seed)
     scores: list[list[torch.Tensor]] = [[] for _ in receivers]
-    for i in range(0, len(images), batch_size):
-        x = to_float(images[i:i + batch_size], device)
-        y = transmit(x, gen)
-        for out, receive in zip(scores, receivers):
-            out.append(psnr_per_image(receive(y), x).cpu())
+    with torch.autocast(device.type, enabled=False):
+        for i in range(0, len(images), batch_size):
+            x = to_float(images[i:i + batch_size], device)
+            y = transmit(x, gen)
+            for out, receive in zip(scores, receivers):
+                out.append(psnr_per_image(receive(y), x).cpu())
     return [mean_psnr(torch.cat(out)) for out in scores]
 
 

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from benchmarks import history, main, micro, report, rows, scaling, timing
+from benchmarks import gpu, history, main, micro, report, rows, scaling, throughput, timing
 from pipeline import config, profile, train
 from pipeline.paths import REPO
 
@@ -67,6 +67,55 @@ def test_quick_measurements_are_finite_positive_and_every_row_is_in_the_table(pa
     assert "**torch**: " + torch.__version__ in text and "**cpu**: " in text and "**date**: " in text
 
 
+def test_precision_measurements_and_their_rows(params):
+    s = timing.QUICK
+    with timing.cpu_runtime(1):
+        speed = throughput.measure_precision(params, s)
+        psnr = throughput.measure_precision_psnr(params, s)
+    _finite_positive(speed)
+    _finite_positive(psnr)
+    assert speed["images"] == s.precision_images and psnr["psnr_images"] == s.psnr_images
+    assert set(speed) >= {"fp32_images_per_s", "bf16_images_per_s", "bf16_speedup", "channels_last_speedup"}
+    peak = throughput.cpu_peak(frozenset({"avx2", "fma"}), 2.0)
+    got = rows.rows_precision(speed, psnr, peak, batch=16, width=4, threads=1)
+    assert [r.status for r in got] == [rows.judge(speed["bf16_speedup"], ">=", 1.5), "INFO",
+                                       rows.judge(abs(psnr["psnr_bf16"] - psnr["psnr_fp32"]), "<=", 0.1), "INFO", "INFO"]
+    fp32_gflops = speed["fp32_images_per_s"] * speed["macs_per_image"] * 6 / 1e9
+    assert got[3].metrics == pytest.approx({"pretrain_fp32_gflops": fp32_gflops, "pretrain_fp32_gflops.peak": 64.0})
+    table = _cells(report.markdown(got, {}))
+    for r in got:
+        assert table.count([report.cell(r.name), r.measured, r.goal, r.ratio, r.status]) == 1, r.name
+
+
+def test_multiply_adds_of_known_convolutions():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)  # 8 x 10 x 10 outputs, each over 3 x 3 x 3 inputs
+    grouped = torch.nn.Conv2d(8, 4, 3, groups=2)  # 4 x 8 x 8 outputs over (8 / 2) x 3 x 3
+    assert throughput.conv_macs(torch.nn.Sequential(conv, grouped), (2, 3, 10, 10)) == 800 * 27 + 256 * 36
+    up = torch.nn.ConvTranspose2d(4, 2, 5, stride=2, padding=2, output_padding=1)  # 4 x 8 x 8 inputs, each to 2 x 5 x 5
+    assert throughput.conv_macs(torch.nn.Sequential(up), (1, 4, 8, 8)) == 256 * 50
+    assert throughput.conv_macs(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)), (3, 3, 2, 2)) == 60
+    # the quick model (width 16, 8 latent channels), counted by hand layer by layer
+    encoder = 16 * 16 * 16 * 75 + 8 * 8 * 32 * 400 + 2 * 8 * 8 * 32 * 800 + 8 * 8 * 8 * 800
+    decoder = 8 * 8 * 32 * 200 + 2 * 8 * 8 * 32 * 800 + 8 * 8 * 32 * 16 * 25 + 16 * 16 * 16 * 3 * 25
+    model = micro.make_model(config.load(REPO / "params.yaml"))
+    state = torch.random.get_rng_state()
+    assert throughput.conv_macs(model) == encoder + decoder == 9_625_600
+    assert torch.equal(torch.random.get_rng_state(), state)  # the channel noise drew from a forked generator
+
+
+@pytest.mark.parametrize("flags, fp32, bf16", [({"avx2", "fma"}, 32, 32), ({"avx512f", "avx2", "fma"}, 64, 64),
+                                               ({"avx512f", "avx512_bf16"}, 64, 128), ({"avx512f", "amx_bf16"}, 64, 1024),
+                                               ({"sse2"}, 8, 8)])
+def test_cpu_peak_from_flags_and_clock(tmp_path, flags, fp32, bf16):
+    peak = throughput.cpu_peak(frozenset(flags), 2.5)
+    assert (peak.fp32_per_cycle, peak.bf16_per_cycle) == (fp32, bf16)
+    assert peak.gflops("fp32", 2) == pytest.approx(2 * 2.5 * fp32) and peak.gflops("bf16", 1) == pytest.approx(2.5 * bf16)
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\ncpu MHz\t\t: 2445.424\nprocessor\t: 1\ncpu MHz\t\t: 2500.000\n")
+    assert throughput.cpu_clock_ghz(info) == pytest.approx(2.5)
+    assert throughput.cpu_clock_ghz(tmp_path / "absent") != throughput.cpu_clock_ghz(tmp_path / "absent")  # nan
+
+
 def test_storage_rows_judge_the_data_and_the_header_separately(tmp_path):
     from safetensors.torch import save_file
     path = tmp_path / "x.safetensors"
@@ -113,6 +162,7 @@ def test_training_goes_through_the_seam_and_fit_adds_only_bookkeeping(params, tm
     the same computation as train_one_epoch alone: the pretraining ratio prices only fit's checkpoint
     and history."""
     assert micro.train_one_epoch is train.train_one_epoch and micro.fit is train.fit
+    assert throughput.train_one_epoch is train.train_one_epoch
     calls = []
     real = train.train_one_epoch
 
@@ -150,9 +200,58 @@ def test_gpu_rows_code_path_runs_on_any_device(params, tmp_path):
     tiny = timing.Settings(repeats=1, inner=1, fast_repeats=1, fast_inner=1, slow_inner=1, n_images=4, train_steps=1)
     with timing.cpu_runtime(1):
         got, note = rows.gpu_rows(params, tiny, tmp_path, [0.01, 0.0003], device="cpu")
-    assert len(got) == 5 and all(r.status in ("PASS", "FAIL", "INFO") for r in got)
+    assert len(got) == 7 and all(r.status in ("PASS", "FAIL", "INFO") for r in got)  # 5 + bf16/fp32, channels_last
     assert all(math.isfinite(v) and v > 0 for r in got for v in r.metrics.values())
     assert all(r.name.startswith("GPU ") for r in got) and "width 32" in note
+
+
+def test_gpu_script_skips_with_one_line_without_cuda(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu.main(["--out", str(tmp_path / "benchmarks.md"), "--work", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("benchmarks.gpu: skipped") and out.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # nothing written, no work folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the script runs for real")
+def test_gpu_script_entry_point_skips_on_this_machine(tmp_path):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--out", str(tmp_path / "b.md")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("benchmarks.gpu: skipped") and done.stdout.count("\n") == 1
+    assert not (tmp_path / "b.md").exists()
+
+
+def test_gpu_section_replaces_its_previous_version_and_keeps_the_cpu_report(tmp_path):
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# zfda-bench benchmarks\n\n| cpu table |\n")
+    first = gpu.gpu_section("GPU A", [report.Row("x", "1 s")], {"gpu": "A"}, ["note a"])
+    gpu.upsert_section(path, first)
+    gpu.upsert_section(path, gpu.gpu_section("GPU B", [report.Row("x", "2 s")], {"gpu": "B"}, ["note b"]))
+    text = path.read_text()
+    assert text.startswith("# zfda-bench benchmarks\n\n| cpu table |\n") and text.count(gpu.BEGIN) == 1
+    assert "## GPU: GPU B" in text and "GPU A" not in text and ["x", "2 s", "—", "—", "INFO"] in _cells(text)
+    gpu.upsert_section(tmp_path / "new.md", first)  # no report yet: the section under the title
+    assert (tmp_path / "new.md").read_text().startswith("# zfda-bench benchmarks\n\n" + gpu.BEGIN)
+
+
+@pytest.mark.slow
+def test_gpu_script_code_path_on_the_cpu(tmp_path, monkeypatch):
+    """The whole script with tiny sizes on the CPU (the GPU rows have their own test): the paper
+    profile's stages, two sweep cells one after another, the section in the report."""
+    monkeypatch.setenv("ZFDA_EXECUTION", "pytest-gpu")
+    monkeypatch.setattr(gpu, "gpu_rows", lambda *a, **k: ([report.Row("GPU stub", "—")], "stub note"))
+    out = tmp_path / "benchmarks.md"
+    with timing.cpu_runtime(1):
+        assert gpu.main(["--device", "cpu", "--tiny", "--cells", "2", "--executor", "local", "--out", str(out),
+                         "--work", str(tmp_path / "work")]) == 0
+    table = _cells(out.read_text())
+    pre, sweep = table[1], table[2]
+    assert pre[0].startswith("GPU paper-profile pretraining, 2 epochs") and "base test PSNR" in pre[1]
+    assert sweep[0].startswith("GPU sweep: 2 sam adapt cells") and "2/2 cells done" in sweep[1] and sweep[4] == "INFO"
+    assert table[3][0] == "GPU stub"
+    assert (tmp_path / "work" / "build" / "builtin-paper" / "adapt" / "sam").is_dir()
 
 
 def test_least_squares_recovers_the_scaling_model():
@@ -261,5 +360,6 @@ def test_main_quick_writes_the_report_and_logs_to_mlflow(project, monkeypatch):
     exp = client.get_experiment_by_name("zfda-bench")
     (run,) = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'benchmark'")
     assert "reload_over_switch" in run.data.metrics and "inference_throughput_ratio" in run.data.metrics
-    assert "pretrain_fit_throughput_ratio" in run.data.metrics
+    assert "pretrain_fit_throughput_ratio" in run.data.metrics and "pretrain_bf16_speedup" in run.data.metrics
+    assert "pretrain_fp32_gflops" in run.data.metrics and "pretrain_bf16_psnr_delta_db" in run.data.metrics
     assert [a.path for a in client.list_artifacts(run.info.run_id, "benchmark")] == ["benchmark/benchmarks.md"]
