@@ -20,14 +20,6 @@ def quick() -> dict:
     return profile.render("quick")
 
 
-def lookup(raw: dict, dotted: str):
-    value = raw
-    for part in dotted.split("."):
-        assert isinstance(value, dict) and part in value, f"{dotted} is not in params"
-        value = value[part]
-    return value
-
-
 # ------------------------------------------------------------------------------------------ profiles
 def test_params_yaml_is_written_by_the_profile_command(tmp_path):
     """The committed params.yaml is byte for byte what `python -m pipeline.profile quick --source builtin` writes."""

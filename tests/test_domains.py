@@ -1,8 +1,6 @@
 """The local domains (pipeline/domains.py): seeded per-image transforms within the configured magnitudes."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -10,20 +8,14 @@ import torch
 from pipeline import domains
 
 from .conftest import make_params
+from .test_data import smooth_images
 
 DOMAINS = ("VA", "VP", "VC", "VH")
-SHARED_CIFAR = Path("/work/shared/data/cifar100")
 
 
 @pytest.fixture
 def params(tiny_params):
     return make_params(tiny_params)
-
-
-def smooth_images(n: int, seed: int = 0) -> np.ndarray:
-    """Random colour blocks (8x8 upsampled to 32x32): structure that every transform visibly changes."""
-    small = np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-    return np.repeat(np.repeat(small, 4, axis=1), 4, axis=2)
 
 
 # --------------------------------------------------------------------------------------------- domains
