@@ -58,10 +58,25 @@ class Paths:
     def of(cls, params, root: str | Path | None = None) -> "Paths":
         return cls(Path(root) if root is not None else REPO, params.run_name)
 
+    @property
+    def home(self) -> Path:
+        """The project a run belongs to: the root itself, or, in the temporary copy where
+        ``dvc exp run --queue`` / ``--temp`` runs an experiment (``<project>/.dvc/tmp/exps/<name>/``),
+        the project that holds it, so that such a run logs to the project's MLflow store, shares its
+        content-keyed cells and finds the data paths params give relative to it (``../shared``)."""
+        parts = self.root.resolve().parts
+        if len(parts) > 4 and parts[-4:-1] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:-4])
+        return self.root
+
     def resolve(self, path: str | Path) -> Path:
-        """A path from params: absolute as given, relative to the project root otherwise."""
+        """A path from params: absolute as given, relative to the project root otherwise (to the
+        project ``home`` when the root is a temporary experiment copy that lacks it)."""
         p = Path(path)
-        return p if p.is_absolute() else self.root / p
+        if p.is_absolute():
+            return p
+        here = self.root / p
+        return here if here.exists() or self.home == self.root else self.home / p
 
     # ------------------------------------------------------------------ project-wide
     @property
@@ -70,11 +85,11 @@ class Paths:
 
     @property
     def mlflow_db(self) -> Path:
-        return self.root / "mlflow.db"
+        return self.home / "mlflow.db"
 
     @property
     def mlartifacts(self) -> Path:
-        return self.root / "mlartifacts"
+        return self.home / "mlartifacts"
 
     # ------------------------------------------------------------------ build/<run>
     @property
@@ -164,4 +179,5 @@ class Paths:
         return self.root / ".checkpoints" / self.run
 
     def cell_store(self, method: str) -> Path:
-        return self.root / ".cells" / self.run / method
+        """Shared by the project's experiment copies: a cell's key says all its result depends on."""
+        return self.home / ".cells" / self.run / method

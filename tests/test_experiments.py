@@ -1,0 +1,50 @@
+"""`dvc exp run` for sweeps of whole profiles: a queued (or --temp) experiment runs in a temporary copy
+``<project>/.dvc/tmp/exps/<name>/``; the paths that would break there (``../shared``, ``mlflow.db``, the
+cell store) are the project's own (``Paths.home``)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.paths import Paths
+
+
+def test_home_is_the_project_of_a_temporary_experiment_copy(tmp_path):
+    project = tmp_path / "project"
+    copy = Paths(project / ".dvc" / "tmp" / "exps" / "tmpab12", "builtin-quick")
+    assert copy.home == project and Paths(project, "builtin-quick").home == project
+    assert copy.mlflow_db == project / "mlflow.db" and copy.mlartifacts == project / "mlartifacts"
+    assert copy.cell_store("sam") == project / ".cells" / "builtin-quick" / "sam"  # shared by experiments
+    assert copy.build == copy.root / "build" / "builtin-quick"  # outputs stay the experiment's own
+    assert copy.checkpoints == copy.root / ".checkpoints" / "builtin-quick"
+
+
+def test_relative_data_paths_fall_back_to_the_project_in_an_experiment_copy(tmp_path):
+    project = tmp_path / "work" / "project"
+    (tmp_path / "work" / "shared" / "data").mkdir(parents=True)
+    copy = Paths(project / ".dvc" / "tmp" / "exps" / "tmpab12", "cifar100-quick")
+    assert copy.resolve("../shared/data") == project / "../shared/data"  # exists from the project
+    (copy.root / "data" / "x").mkdir(parents=True)
+    assert copy.resolve("data/x") == copy.root / "data" / "x"  # the copy's own, when it has it
+    assert copy.resolve("/abs/p").as_posix() == "/abs/p"
+
+
+@pytest.mark.slow
+def test_a_temporary_experiment_runs_and_logs_to_the_project(tmp_path, mlflow_template):
+    """`dvc exp run --temp -S ...` (the mechanism of `dvc exp run --queue` + `dvc queue start`): the
+    experiment completes in its temporary copy, `dvc exp show` lists it, its MLflow runs are in the
+    project's mlflow.db and its cells in the project's cell store."""
+    from mlflow.tracking import MlflowClient
+
+    from .dvc_copy import dvc_ok, make_copy
+    repo = make_copy(tmp_path / "repo", mlflow_template)
+    done = dvc_ok(repo, "exp", "run", "--temp", "-n", "sweep-a", "-S", "adapt.value_lr=0.006", "adapt_sam")
+    assert "sweep-a" in done.stdout + done.stderr
+    show = json.loads(dvc_ok(repo, "exp", "show", "--json").stdout)
+    assert "sweep-a" in json.dumps(show)
+    assert list((repo / ".cells").glob("*/sam/*")), "the experiment's cells are in the project's store"
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("zfda-bench")
+    stages = {r.data.tags.get("stage") for r in client.search_runs([exp.experiment_id])}
+    assert {"pretrain", "adapt_sam"} <= stages
