@@ -60,8 +60,12 @@ def run_sweep(root: Path, raw: dict, n_cells: int, gpu_fraction: float, *, execu
     GPU (a local Ray, or ``RAY_ADDRESS``'s cluster; the stage's MLflow run exists before the workers
     start), ``local`` one after another in this process. Returns the cells' results and how they ran."""
     from pipeline.stages import adapt
-    per_domain = max(1, n_cells // len(raw["domains"]["names"]))
-    raw = {**raw, "adapt": {**raw["adapt"], "sparsities": list(SWEEP_SPARSITIES[:per_domain])},
+    names = list(raw["domains"]["names"])
+    names = names[:max(2, n_cells)] if n_cells < len(names) else names  # fewer cells than domains: fewer domains
+    per_domain = max(1, n_cells // len(names))
+    raw = {**raw, "domains": {**raw["domains"], "names": names},
+           "ablate": {**raw["ablate"], "domains": [d for d in raw["ablate"]["domains"] if d in names] or names[:1]},
+           "adapt": {**raw["adapt"], "sparsities": list(SWEEP_SPARSITIES[:per_domain])},
            "execute": {**raw["execute"], "executor": executor, "gpus_per_cell": gpu_fraction or 0.125}}
     profile.write(raw, root / "params.yaml")
     params = config.parse(raw)

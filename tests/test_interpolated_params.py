@@ -83,7 +83,6 @@ def test_troubleshooting_maps_every_interpolated_key():
 
 # DVC's own words for three kinds of structural error (reproduced with dvc 3.67), quoted by the README
 DVC_MESSAGES = [
-    ("domains.names", "VA", "ERROR: unexpected error - 'Value' object is not iterable"),
     ("ablate.studies", 3, "ERROR: unexpected error - 'Value' object is not iterable"),
     ("data.source", ["builtin"], "Cannot interpolate data of type 'list'"),
     ("profile", {"quick": 1}, "Cannot interpolate data of type 'dict'"),
