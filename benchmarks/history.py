@@ -114,11 +114,19 @@ def mlflow_quick_history(db: Path, expected: Sequence[str] | None = None,
     def ordered(p):
         return sorted(children[p], key=lambda k: runs[k]["start"])
 
+    def processes(p):
+        """The stage-process runs of execution ``p``: a cell's run inside its stage's run (one process
+        per method) is not a process of its own, so no gap is measured before or after it."""
+        def inside(k, j):
+            a, b = runs[k], runs[j]
+            return j != k and b["start"] <= a["start"] and a["end"] and b["end"] and a["end"] <= b["end"]
+        return [k for k in ordered(p) if not any(inside(k, j) for j in children[p])]
+
     kids = ordered(latest)
     stages = [{"name": runs[k]["name"], "status": runs[k]["status"], "seconds": dur(k),
                "offset": (runs[k]["start"] - runs[kids[0]]["start"]) / 1000} for k in kids]
     # gaps between consecutive stage runs of one execution (process start, imports, DVC), all executions
-    gaps = [(runs[b]["start"] - runs[a]["end"]) / 1000 for p in parents for a, b in zip(ordered(p), ordered(p)[1:])
+    gaps = [(runs[b]["start"] - runs[a]["end"]) / 1000 for p in parents for a, b in zip(processes(p), processes(p)[1:])
             if runs[a]["end"] and runs[b]["start"] >= runs[a]["end"]]
     span = (max((runs[k]["end"] or now_ms) for k in kids) - runs[kids[0]]["start"]) / 1000
     # composite over every quick execution of the same data source
