@@ -72,12 +72,13 @@ class Ray:
         import ray
         started = not ray.is_initialized()
         if started:
-            address = os.environ.get("RAY_ADDRESS") or None
+            # "local": a Ray of the stage's own; None would join whatever `ray start` left in /tmp/ray
+            address = os.environ.get("RAY_ADDRESS") or "local"
             # The workers get this checkout's pipeline package (uploaded: a cluster's nodes lack it).
             package = os.path.dirname(os.path.abspath(__file__))
             ray.init(address=address, include_dashboard=False, log_to_driver=True,
                      runtime_env={"env_vars": self.env, "py_modules": [package], "excludes": ["__pycache__"]},
-                     **({} if address else {"num_cpus": os.cpu_count()}))
+                     **({"num_cpus": os.cpu_count()} if address == "local" else {}))
         try:
             gpus = self.gpus if _cuda() else 0
             task = ray.remote(num_cpus=self.threads, num_gpus=gpus, max_retries=2)(_ray_cell)
@@ -88,8 +89,7 @@ class Ray:
 
 
 def _ray_cell(fn: Callable, item, threads: int):
-    import torch
-    torch.set_num_threads(threads)
+    _init_worker(threads, {})  # the env came with the runtime_env
     return fn(item)
 
 
