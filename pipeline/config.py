@@ -85,6 +85,7 @@ class Data(_Block):
     source: Literal["builtin", "cifar100", "cifar10", "folder"] = Field(
         description="builtin: embedded photos; cifar100: the paper's data; cifar10; folder: your photos")
     n_pretrain: Count
+    n_base_val: Count = Field(description="base validation images, disjoint from n_pretrain and n_base_test")
     n_base_test: Count
     seed: Seed
     builtin: Builtin
@@ -96,6 +97,7 @@ class Data(_Block):
 class Domains(_Block):
     names: tuple[str, ...] = Field(min_length=2, description="local domains, keys of pipeline.domains.DOMAINS")
     n_train: Count
+    n_val: Count = Field(description="per domain, validation images disjoint from train and test (hyper-parameter choice)")
     n_test: Count
     rotation_degrees: tuple[Annotated[float, Field(ge=0, le=180)], Annotated[float, Field(ge=0, le=180)]]
     perspective_distortion: Annotated[float, Field(gt=0, le=1)]
@@ -140,7 +142,10 @@ class Train(_Block):
 
 class Pretrain(_Block):
     epochs: Epochs
-    lr: LearningRate
+    lr: LearningRate = Field(description="Adam lr (constant), or the one-cycle peak")
+    schedule: Literal["constant", "onecycle"] = Field(description="onecycle: torch OneCycleLR over all steps")
+    batch_size: Annotated[int, Field(ge=1, le=65536)]
+    clip: Annotated[float, Field(ge=0, le=1e6)] = Field(description="gradient-norm clipping; 0: none")
     seed: Seed
 
 
@@ -151,6 +156,8 @@ class Adapt(_Block):
     score_lr: LearningRate
     value_lr: LearningRate
     seed: Seed
+    seeds: Annotated[int, Field(ge=1, le=100)] = Field(
+        description="replicates: seed i (0..seeds-1) adapts with adapt.seed + i (data order, noise, init)")
 
     @field_validator("sparsities")
     @classmethod
@@ -204,8 +211,12 @@ class Ablate(_Block):
         return v
 
 
+GridValue = int | float | str
+Grid = dict[str, tuple[GridValue, ...]]
+
+
 class Params(_Block):
-    profile: Literal["quick", "paper", "ci"]
+    profile: Literal["quick", "paper", "ci", "full"]
     data: Data
     domains: Domains
     model: Model
@@ -217,6 +228,14 @@ class Params(_Block):
     equalizer: Equalizer
     evaluate: Evaluate
     ablate: Ablate
+    search: dict[str, Grid] = Field(description="per method, dotted param -> values tried; chosen on validation "
+                                    "data (pipeline/selection.py)")
+
+    @model_validator(mode="after")
+    def _search(self):
+        from .selection import check_search
+        check_search(self)
+        return self
 
     @model_validator(mode="after")
     def _ablate_domains(self):

@@ -64,13 +64,16 @@ def _thumbnails(photos, scales: tuple[float, ...], count: int, rng: np.random.Ge
     return out
 
 
-def builtin_pools(params: Params, paths: Paths, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train thumbnails from the training photos, test thumbnails from photos training never sees."""
+def builtin_pools(params: Params, paths: Paths, n_train: int, n_test: int, n_val: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train thumbnails from the training photos, test thumbnails from photos training never sees, then
+    validation thumbnails from the training photos (drawn last: train and test do not depend on n_val)."""
     split, cfg = photo_split(params, paths), params.data.builtin
     rng = np.random.default_rng(params.data.seed)
     train = _thumbnails((_photo(n) for n in split["train"]), cfg.scales, n_train, rng, "builtin", "train")
     test = _thumbnails((_photo(n) for n in split["test"]), cfg.scales, n_test, rng, "builtin", "test")
-    return train, test
+    val = _thumbnails((_photo(n) for n in split["train"]), cfg.scales, n_val, rng, "builtin", "train")
+    return train, test, val
 
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -122,13 +125,16 @@ def _read_photo(path: Path) -> np.ndarray:
         raise DataError(f"folder: {path} is not a readable PNG/JPEG image ({type(err).__name__}: {err})") from None
 
 
-def folder_pools(params: Params, paths: Paths, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tiles of the folder's photos: train tiles from the train photos, test tiles from the others."""
+def folder_pools(params: Params, paths: Paths, n_train: int, n_test: int, n_val: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tiles of the folder's photos: train tiles from the train photos, test tiles from the others,
+    validation tiles (drawn last) from the train photos."""
     split, folder, cfg = photo_split(params, paths), _folder(params, paths), params.data.folder
     rng = np.random.default_rng(params.data.seed)
     train = _thumbnails((_read_photo(folder / n) for n in split["train"]), cfg.scales, n_train, rng, "folder", "train")
     test = _thumbnails((_read_photo(folder / n) for n in split["test"]), cfg.scales, n_test, rng, "folder", "test")
-    return train, test
+    val = _thumbnails((_read_photo(folder / n) for n in split["train"]), cfg.scales, n_val, rng, "folder", "train")
+    return train, test, val
 
 
 # -------------------------------------------------------------------------------- CIFAR-10 / CIFAR-100
@@ -235,32 +241,55 @@ def cifar_pools(params: Params, paths: Paths, download_timeout: float = 5.0) -> 
 
 
 def split_names(params: Params) -> list[str]:
-    """Every array the ``domains`` stage writes: base_train, base_test, then {domain}_{train,test}."""
-    return ["base_train", "base_test"] + [f"{d}_{s}" for d in params.domains.names for s in ("train", "test")]
+    """Every array the ``domains`` stage writes: base_train, base_val, base_test, then per domain
+    {d}_train, {d}_val, {d}_test and {d}_test_source (the same test images before the domain's transform:
+    the paired-shift control)."""
+    return ["base_train", "base_val", "base_test"] + [f"{d}_{s}" for d in params.domains.names
+                                                      for s in ("train", "val", "test", "test_source")]
 
 
 def build_splits(params: Params, paths: Paths) -> dict[str, np.ndarray]:
-    """Base and domain splits from disjoint base images: pretraining, each domain's train and test."""
+    """Base and domain splits from disjoint base images: pretraining, validation, each domain's train,
+    validation and test.
+
+    The train pool, after one seeded permutation, is cut in order into base_train, the domains' train
+    blocks, base_val and the domains' validation blocks; the test pool into base_test and the domains'
+    test blocks. Validation comes last so that the train and test splits are the same whatever its size
+    (for sources cut from photos, the validation thumbnails are drawn after the others, from the train photos).
+    """
     k, dom = len(params.domains.names), params.domains
-    n_train, n_test = params.data.n_pretrain + k * dom.n_train, params.data.n_base_test + k * dom.n_test
-    if params.data.source == "builtin":
-        train, test = builtin_pools(params, paths, n_train, n_test)
-    elif params.data.source == "folder":
-        train, test = folder_pools(params, paths, n_train, n_test)
+    n_fit = params.data.n_pretrain + k * dom.n_train
+    n_vals = params.data.n_base_val + k * dom.n_val
+    n_train, n_test = n_fit + n_vals, params.data.n_base_test + k * dom.n_test
+    val = None
+    if params.data.source in ("builtin", "folder"):
+        pools = builtin_pools if params.data.source == "builtin" else folder_pools
+        train, test, val = pools(params, paths, n_fit, n_test, n_vals)
     else:
         train, test = cifar_pools(params, paths)
-    for pool, need, what in ((train, n_train, "train"), (test, n_test, "test")):
+    for pool, need, what in ((train, n_train if val is None else n_fit, "train"), (test, n_test, "test")):
         if len(pool) < need:
+            extra = " + data.n_base_val + domains x domains.n_val" if what == "train" else ""
             raise DataError(f"{params.data.source}: the {what} pool has {len(pool)} images, the params need {need} "
-                            f"(data.n_pretrain/n_base_test + {k} domains x domains.n_{what})")
+                            f"(data.n_pretrain/n_base_test + {k} domains x domains.n_{what}{extra})")
     rng = np.random.default_rng(params.data.seed)
-    train, test = train[rng.permutation(len(train))[:n_train]], test[rng.permutation(len(test))[:n_test]]
-    splits = {"base_train": train[:params.data.n_pretrain], "base_test": test[:params.data.n_base_test]}
+    if val is None:
+        train = train[rng.permutation(len(train))[:n_train]]
+    else:  # generated to size: permute the fit part as before, append the validation draws
+        train = np.concatenate([train[rng.permutation(len(train))[:n_fit]], val])
+    test = test[rng.permutation(len(test))[:n_test]]
+    v0 = n_fit + params.data.n_base_val
+    splits = {"base_train": train[:params.data.n_pretrain], "base_val": train[n_fit:v0],
+              "base_test": test[:params.data.n_base_test]}
     for i, name in enumerate(dom.names):
         tr0, te0 = params.data.n_pretrain + i * dom.n_train, params.data.n_base_test + i * dom.n_test
+        va0 = v0 + i * dom.n_val
+        source = test[te0:te0 + dom.n_test]
         splits[f"{name}_train"] = apply_domain(name, train[tr0:tr0 + dom.n_train], dom, dom.seed)
-        splits[f"{name}_test"] = apply_domain(name, test[te0:te0 + dom.n_test], dom, dom.seed + 1)
-    return splits
+        splits[f"{name}_val"] = apply_domain(name, train[va0:va0 + dom.n_val], dom, dom.seed + 3)
+        splits[f"{name}_test"] = apply_domain(name, source, dom, dom.seed + 1)
+        splits[f"{name}_test_source"] = source
+    return {n: splits[n] for n in split_names(params)}
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

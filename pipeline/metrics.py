@@ -15,7 +15,7 @@ from torch import nn
 
 MIN_MSE = 1e-10  # caps PSNR at 100 dB for a perfect reconstruction
 # The columns of evaluation.csv: one row per measurement (written by evaluate, read by report).
-FIELDS = ["method", "sparsity", "metric", "domain", "tx", "rx", "value", "unit"]
+FIELDS = ["method", "sparsity", "seed", "metric", "domain", "tx", "rx", "value", "unit"]
 
 
 def psnr_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent  # the default root: the checkout this code runs from
 
 
-def cell_name(domain: str, sparsity: float | None) -> str:
-    """A matrix cell's name, as in ``dvc.yaml``: ``VA`` or ``VA-0.001``."""
-    return domain if sparsity is None else f"{domain}-{sparsity:g}"
+def cell_name(domain: str, sparsity: float | None, trial: str = "") -> str:
+    """A cell's name: ``VA`` or ``VA-0.001``, then its trial's tag (``pipeline.selection.Trial``) if any:
+    ``VA-0.001-s1`` (seed 1), ``VA-h2`` (grid point 2)."""
+    name = domain if sparsity is None else f"{domain}-{sparsity:g}"
+    return f"{name}-{trial}" if trial else name
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,8 @@ class Paths:
     def adapt(self, method: str) -> Path:
         return self.build / "adapt" / method
 
-    def cell(self, method: str, domain: str, sparsity: float | None = None) -> Cell:
-        name = cell_name(domain, sparsity)
+    def cell(self, method: str, domain: str, sparsity: float | None = None, trial: str = "") -> Cell:
+        name = cell_name(domain, sparsity, trial)
         return Cell(self.adapt(method), name, self.checkpoints / method / name)
 
     @property
@@ -140,6 +142,11 @@ class Paths:
     @property
     def evaluation_csv(self) -> Path:
         return self.metrics / "evaluation.csv"
+
+    @property
+    def validation_csv(self) -> Path:
+        """Every method's search grid: validation PSNR per point (mean over seeds) and the chosen one."""
+        return self.metrics / "validation.csv"
 
     @property
     def evaluate_json(self) -> Path:

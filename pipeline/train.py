@@ -161,7 +161,8 @@ def _load_checkpoint(path: Path, key: str, precision: str) -> dict | None:
 # -------------------------------------------------------------------------------------------- loops
 def train_one_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                     forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, epoch: int, seed: int,
-                    batch_size: int, device: torch.device, desc: str, precision: str | None = None) -> float:
+                    batch_size: int, device: torch.device, desc: str, precision: str | None = None,
+                    scheduler=None, clip: float = 0.0) -> float:
     """One epoch (0-based ``epoch``) of minimising MSE(forward(x), x) over ``images`` (uint8 NCHW);
     returns its mean train loss.
 
@@ -169,7 +170,8 @@ def train_one_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, images:
     epoch is the same whether it follows the previous one in this process or a resume.
     ``precision`` (``fp32``/``bf16``; None: what ``setup_runtime`` resolved, fp32 without it): bf16
     autocasts ``forward``; the loss is computed from its output cast back to fp32, and the
-    parameters, gradients and optimizer state stay fp32.
+    parameters, gradients and optimizer state stay fp32. ``scheduler`` (a torch LR scheduler) steps
+    after every optimizer step; ``clip`` > 0 clips the gradients' global norm to it first.
     """
     bf16 = (precision or _precision) == "bf16"
     module.train()
@@ -183,7 +185,11 @@ def train_one_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, images:
             loss = nn.functional.mse_loss(forward(x, gen).float(), x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip > 0:
+            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += float(loss.detach()) * len(x)
         seen += len(x)
     return total / seen
@@ -192,12 +198,14 @@ def train_one_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, images:
 def fit(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
         forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, epochs: int, batch_size: int,
         seed: int, device: torch.device, checkpoint: Path, key: str, desc: str,
-        on_epoch: Callable[[int, float], dict] | None = None, precision: str | None = None) -> list[dict]:
+        on_epoch: Callable[[int, float], dict] | None = None, precision: str | None = None,
+        scheduler=None, clip: float = 0.0) -> list[dict]:
     """``train_one_epoch`` for each epoch not yet done, with a checkpoint after every epoch.
 
     ``module`` holds everything trained (its state_dict is checkpointed with the optimizer's);
     ``on_epoch(epoch, train_loss)`` returns extra per-epoch metrics for the history (outside
-    autocast). A checkpoint resumes only the same ``key`` trained in the same precision.
+    autocast). A checkpoint resumes only the same ``key`` trained in the same precision; it holds the
+    ``scheduler``'s state too. ``scheduler`` and ``clip``: as in ``train_one_epoch``.
     Returns the history (one dict per epoch), including epochs restored from the checkpoint.
     """
     precision = precision or _precision
@@ -206,18 +214,22 @@ def fit(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tenso
     if state is not None:
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         history, start = [dict(h) for h in state["history"]], int(state["epoch"])
         print(f"{desc}: resumed from checkpoint at epoch {start}/{epochs}", flush=True)
     for epoch in range(start, epochs):
         loss = train_one_epoch(module, optimizer, images, forward, epoch=epoch, seed=seed, batch_size=batch_size,
-                               device=device, desc=f"{desc} epoch {epoch + 1}/{epochs}", precision=precision)
+                               device=device, desc=f"{desc} epoch {epoch + 1}/{epochs}", precision=precision,
+                               scheduler=scheduler, clip=clip)
         row = {"epoch": epoch + 1, "train_loss": loss}
         if on_epoch is not None:
             row.update(on_epoch(epoch + 1, row["train_loss"]))
         history.append(row)
         _save_checkpoint(checkpoint, {"key": key, "precision": precision, "epoch": epoch + 1,
                                       "module": module.state_dict(),
-                                      "optimizer": optimizer.state_dict(), "history": history})
+                                      "optimizer": optimizer.state_dict(), "history": history,
+                                      **({"scheduler": scheduler.state_dict()} if scheduler is not None else {})})
     return history
 
 

@@ -344,5 +344,5 @@ def test_tiny_overlay_shrinks_a_copy_and_is_no_profile():
     assert tiny == profile.merge(raw, overlay)  # a deep merge: nested blocks keep their other keys
     assert tiny["data"]["builtin"]["test_photos"] == raw["data"]["builtin"]["test_photos"]
     parse(tiny)
-    with pytest.raises(ConfigError, match="not found; known: \\['ci', 'paper', 'quick'\\]"):
+    with pytest.raises(ConfigError, match="not found; known: \\['ci', 'full', 'paper', 'quick'\\]"):
         profile.render("tiny")  # an overlay, never written to params.yaml as a profile

@@ -51,7 +51,7 @@ def test_builtin_test_thumbnails_come_only_from_test_photos(monkeypatch, tiny_pa
     monkeypatch.setattr(data, "_photo", _constant_photo)
     tiny_params["data"]["builtin"]["scales"] = [1.0, 0.5]
     params = make_params(tiny_params)
-    train, test = data.builtin_pools(params, AT, 200, 100)
+    train, test, _ = data.builtin_pools(params, AT, 200, 100)
     assert train.shape == (200, 32, 32, 3) and test.shape == (100, 32, 32, 3)
     assert train.dtype == np.uint8 and test.dtype == np.uint8
     test_ids = {20 * (BUILTIN_PHOTOS.index(n) + 1) for n in params.data.builtin.test_photos}
@@ -92,10 +92,12 @@ def test_every_builtin_photo_loads_offline(name):
 def test_build_splits_returns_every_split_with_the_configured_size(tiny_splits, params):
     names = data.split_names(params)
     assert list(tiny_splits) == names
-    assert names[:2] == ["base_train", "base_test"] and len(names) == 2 + 2 * len(params.domains.names)
-    sizes = {"base_train": params.data.n_pretrain, "base_test": params.data.n_base_test}
+    assert names[:3] == ["base_train", "base_val", "base_test"] and len(names) == 3 + 4 * len(params.domains.names)
+    sizes = {"base_train": params.data.n_pretrain, "base_val": params.data.n_base_val,
+             "base_test": params.data.n_base_test}
     for d in params.domains.names:
         sizes[f"{d}_train"], sizes[f"{d}_test"] = params.domains.n_train, params.domains.n_test
+        sizes[f"{d}_val"], sizes[f"{d}_test_source"] = params.domains.n_val, params.domains.n_test
     for name, arr in tiny_splits.items():
         assert arr.shape == (sizes[name], 32, 32, 3) and arr.dtype == np.uint8, name
     train = {img.tobytes() for img in tiny_splits["base_train"]}
@@ -104,13 +106,13 @@ def test_build_splits_returns_every_split_with_the_configured_size(tiny_splits, 
 
 def test_build_splits_uses_disjoint_base_images(monkeypatch, tiny_params):
     """Each split comes from its own base images: tag every pool image with its index, skip transforms."""
-    def pools(params, paths, n_train, n_test):
+    def pools(params, paths, n_train, n_test, n_val):
         def tagged(n, offset):
             out = np.zeros((n, 32, 32, 3), np.uint8)
             ids = np.arange(n) + offset
             out[:, 0, 0, 0], out[:, 0, 0, 1] = ids % 256, ids // 256
             return out
-        return tagged(n_train, 0), tagged(n_test, 10_000)
+        return tagged(n_train, 0), tagged(n_test, 10_000), tagged(n_val, 5_000)
     monkeypatch.setattr(data, "builtin_pools", pools)
     monkeypatch.setattr(data, "apply_domain", lambda name, images, cfg, seed: images.copy())
     params = make_params(tiny_params)
@@ -122,12 +124,33 @@ def test_build_splits_uses_disjoint_base_images(monkeypatch, tiny_params):
     for name, arr in splits.items():
         got = ids(arr)
         assert len(set(got)) == len(got), f"{name} repeats a base image"
-        if name.endswith("train"):
+        if name.endswith("_test_source"):  # the paired-shift control: the domain's test images, untransformed
+            assert got == ids(splits[name.removesuffix("_source")]), name
+            continue
+        if name.endswith(("train", "val")):  # validation: from the train pool, disjoint from train and test
             assert max(got) < 10_000, f"{name} uses test images"
         else:
             assert min(got) >= 10_000, f"{name} uses training images"
         seen += got
     assert len(seen) == len(set(seen)), "two splits share a base image"
+    assert {n for n in splits if n.endswith("_val")} == {"base_val", *(f"{d}_val" for d in params.domains.names)}
+
+
+def test_validation_does_not_move_the_train_and_test_splits(monkeypatch, tiny_params):
+    """Validation is cut after the train blocks: the other splits are those of a run with less validation."""
+    monkeypatch.setattr(data, "cifar_pools", lambda params, paths: (
+        np.random.default_rng(1).integers(0, 256, (400, 32, 32, 3), dtype=np.uint8),
+        np.random.default_rng(2).integers(0, 256, (400, 32, 32, 3), dtype=np.uint8)))
+    tiny_params["data"]["source"] = "cifar100"
+    small = data.build_splits(make_params(tiny_params), None)
+    n_val0 = tiny_params["data"]["n_base_val"]
+    tiny_params["data"]["n_base_val"] = 40
+    tiny_params["domains"]["n_val"] = 20
+    large = data.build_splits(make_params(tiny_params), None)
+    for name in small:
+        if not name.endswith("_val"):
+            assert np.array_equal(small[name], large[name]), name
+    assert len(large["base_val"]) == 40 and len(small["base_val"]) == n_val0
 
 
 def test_build_splits_is_deterministic(monkeypatch, tiny_params):
@@ -411,7 +434,7 @@ def test_folder_tiles_come_from_disjoint_photos_and_the_split_is_recorded(tmp_pa
     assert sorted(split["train"] + split["test"]) == sorted(photos)
     assert not set(split["train"]) & set(split["test"])
     assert len(split["test"]) == 3 and len(split["train"]) == 9
-    train, test = data.folder_pools(params, AT, 300, 100)
+    train, test, _ = data.folder_pools(params, AT, 300, 100)
     assert train.shape == (300, 32, 32, 3) and test.shape == (100, 32, 32, 3) and train.dtype == np.uint8
     seen_train, seen_test = {_photo_of(t) for t in train}, {_photo_of(t) for t in test}
     assert seen_train <= {photos[n] for n in split["train"]}

@@ -10,7 +10,10 @@ A method module defines:
   ``out.artifact()``, ``out.artifact("variant")``), return the cell's metrics (keys: ``CELL_KEYS``);
 - ``variants(ctx, sparsity) -> list[Variant]``: the method's agents after its alignment step,
   for the ``evaluate`` stage (a method may offer several ways back to alignment); it finds each
-  domain's artefacts at ``ctx.paths.cell(NAME, domain, sparsity)``.
+  domain's artefacts at ``ctx.cell(NAME, domain, sparsity)`` (the context's seed, the chosen grid point).
+
+``details`` must hold ``val_psnr``: the quality the method's hyper-parameters optimise, on validation
+images (``{domain}_val`` or ``base_val``), from which ``pipeline.selection`` chooses the grid point.
 
 Adding a method = one new file here + one ``adapt_<name>`` entry in ``dvc.yaml`` (README recipe).
 """
@@ -28,7 +31,8 @@ import torch
 from ..config import Params
 from ..data import load_images, to_tensor
 from ..model import SCModel, apply_channel
-from ..paths import Paths
+from ..paths import Cell, Paths
+from ..selection import Trial
 from ..train import evaluate_psnr, evaluate_psnr_fanout, load_model
 
 # Every cell's metrics JSON has exactly these keys, whatever the method (evaluation treats all alike).
@@ -83,12 +87,20 @@ class Context:
     snr_db: float | None = None  # evaluation SNR; None: params.evaluate.snr_db
     checkpoints: Path | None = None  # this cell's checkpoint folder (removed when the cell completes)
     channel_type: str | None = None  # evaluation channel; None: params.model.channel (what agents train on)
+    trial: Trial = field(default_factory=Trial)  # the replicate (seed) and grid point this context serves
+    chosen: dict = field(default_factory=dict)  # method -> {(domain, sparsity): chosen grid point}
 
     def __post_init__(self):
         if self.snr_db is None:
             self.snr_db = self.params.evaluate.snr_db
         if self.channel_type is None:
             self.channel_type = self.params.model.channel
+
+    def cell(self, method: str, domain: str, sparsity: float | None = None) -> Cell:
+        """Where the adapt stage had ``method``'s cell for this context's seed stored: at the grid point
+        chosen on validation data when ``chosen`` has the method, else at this context's own point."""
+        point = self.chosen[method][(domain, sparsity)] if method in self.chosen else self.trial.point
+        return self.paths.cell(method, domain, sparsity, Trial(self.trial.seed, point).tag)
 
     def split(self, name: str) -> torch.Tensor:
         return _split(self.paths.split(name))

@@ -4,6 +4,7 @@ expects (B's decoder and A's encoder frozen). Memory: the adapted copy plus the 
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -43,7 +44,7 @@ class Equalizer(nn.Module):
 
 def eq_path(ctx: Context, receiver: str):
     """Where the adapt stage had the equalizers of this receiver stored."""
-    return ctx.paths.cell(NAME, receiver).artifact()
+    return ctx.cell(NAME, receiver).artifact()
 
 
 def new_equalizer(ctx: Context, channels: int) -> Equalizer:
@@ -78,17 +79,21 @@ def adapt(ctx: Context, domain: str, sparsity: None, out, tracker) -> dict:
         tracker.log_history(curves[partner], prefix=f"from_{partner}_")
         tensors.update({f"{partner}.{k}": v.detach().cpu().contiguous() for k, v in eq.state_dict().items()})
     save_safetensors(out.artifact(), tensors, {"receiver": domain})
+    # What the equalizer's hyper-parameters optimise: its receiver's links from the partners, on base_val.
+    eqs = load_equalizers(ctx, domain, tuned[domain].channels, path=out.artifact())
+    val = statistics.fmean(ctx.psnr(ctx.link(tuned[a], tuned[domain], eq), ctx.split("base_val"))
+                           for a, eq in eqs.items())
     base = ctx.pretrained()
     nbytes = copy_bytes(base) + tensor_bytes(tensors.values())
     return {"method": NAME, "domain": domain, "sparsity": None,
             "domain_psnr": ctx.psnr(ctx.self_link(tuned[domain]), ctx.split(f"{domain}_test")),
             "memory_bytes": nbytes, "memory_cost_pct": memory_cost_pct(nbytes, fp32_bytes(base)),
-            "details": {"equalizer_parameters": sum(t.numel() for t in tensors.values()),
+            "details": {"val_psnr": val, "equalizer_parameters": sum(t.numel() for t in tensors.values()),
                         "train_seconds": time.perf_counter() - start, "curves": curves}}
 
 
-def load_equalizers(ctx: Context, receiver: str, channels: int) -> dict[str, Equalizer]:
-    path = eq_path(ctx, receiver)
+def load_equalizers(ctx: Context, receiver: str, channels: int, path=None) -> dict[str, Equalizer]:
+    path = path or eq_path(ctx, receiver)
     if problem := wrong_kind(path, NAME):
         raise ModelFileError(f"{path}: {problem}")
     state = load_file(str(path))

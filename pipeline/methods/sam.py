@@ -20,7 +20,7 @@ PARAMS = ("model", "train", "adapt", "evaluate.noise_seed", "evaluate.snr_db")
 
 def sam_path(ctx: Context, domain: str, sparsity: float):
     """Where the adapt stage had this domain's SAM stored."""
-    return ctx.paths.cell(NAME, domain, sparsity).artifact()
+    return ctx.cell(NAME, domain, sparsity).artifact()
 
 
 MASKS = ("score", "random", "fisher")
@@ -102,7 +102,8 @@ def adapt(ctx: Context, domain: str, sparsity: float, out, tracker) -> dict:
     return {"method": NAME, "domain": domain, "sparsity": sparsity,
             "domain_psnr": ctx.psnr(ctx.self_link(served), ctx.split(f"{domain}_test")),
             "memory_bytes": int(cost["bytes"]), "memory_cost_pct": cost["pct"],
-            "details": {"kept_per_layer": kept, "kept_total": sum(kept.values()),
+            "details": {"val_psnr": ctx.psnr(ctx.self_link(served), ctx.split(f"{domain}_val")),
+                        "kept_per_layer": kept, "kept_total": sum(kept.values()),
                         "mask_moved_fraction": trained["mask_moved"], "train_seconds": trained["seconds"],
                         "curve": trained["history"]}}
 

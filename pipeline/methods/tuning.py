@@ -27,7 +27,7 @@ RETUNED = "retuned"  # the variant name of the re-tuned agent's file
 
 def tuned_path(ctx: Context, domain: str, retuned: bool = False):
     """Where the adapt stage had this domain's tuned (or re-tuned) agent stored."""
-    return ctx.paths.cell(NAME, domain).artifact(RETUNED if retuned else "")
+    return ctx.cell(NAME, domain).artifact(RETUNED if retuned else "")
 
 
 def copy_bytes(model: torch.nn.Module) -> int:
@@ -55,6 +55,7 @@ def adapt(ctx: Context, domain: str, sparsity: None, out, tracker) -> dict:
     save_model(model.cpu(), out.artifact(), {"method": NAME, "domain": domain})
     model.to(ctx.device).eval()
     local = ctx.psnr(ctx.self_link(model), test_x)
+    val = ctx.psnr(ctx.self_link(model), ctx.split(f"{domain}_val"))
     # Way back (a): fine-tune on as many base images as the domain had.
     retune_x = ctx.split("base_train")[:p.domains.n_train]
     model.train()
@@ -69,7 +70,7 @@ def adapt(ctx: Context, domain: str, sparsity: None, out, tracker) -> dict:
     nbytes = copy_bytes(base)
     return {"method": NAME, "domain": domain, "sparsity": None, "domain_psnr": local,
             "memory_bytes": nbytes, "memory_cost_pct": memory_cost_pct(nbytes, fp32_bytes(base)),
-            "details": {"domain_psnr_after_retune": after, "forgetting_db": local - after,
+            "details": {"val_psnr": val, "domain_psnr_after_retune": after, "forgetting_db": local - after,
                         "train_seconds": seconds, "curve": curve, "retune_curve": retune_curve}}
 
 

@@ -1,9 +1,10 @@
-"""Stage ``adapt_<method>``: every cell of one method (domains x sparsities) in one process.
+"""Stage ``adapt_<method>``: every cell of one method (domains x sparsities x trials) in one process.
 
 ``python -m pipeline.stages.adapt --method sam`` plans the cells of params.yaml, computes the missing
 ones through the executor of ``execute.executor`` (local, pool, ray) and assembles the stage's output
 folder ``build/<run>/adapt/<method>/`` (per cell: the method's artefacts and ``<cell>.json``, keys
-CELL_KEYS).
+CELL_KEYS). A trial (``pipeline.selection``) is one seed (``adapt.seeds`` replicates) at one point of the
+method's ``search`` grid; a cell is a domain x sparsity x trial, trained with that trial's params.
 
 Content-keyed cells: a cell's key hashes everything its result depends on (its coordinates, the
 method's params less the grid lists, the code the stage runs, the data and upstream files); computed
@@ -27,10 +28,12 @@ from pathlib import Path
 
 from ..config import ConfigError, Params
 from ..paths import Cell, Paths, cell_name
+from ..selection import Trial, choose, grid_points, trial_params, trials
 from ..tracking import Tracker, execution_key, tracking_uri
 from . import run, write_json
 
-GRID_KEYS = ("adapt.sparsities", "domains.names")  # what spans the cells; not part of a cell's key
+GRID_KEYS = ("adapt.sparsities", "domains.names", "adapt.seeds")  # what spans the cells; not part of a cell's key
+STAGE_PARAMS = ("adapt.seeds", "search")  # dvc.yaml lists these for every adapt stage too (they span its cells)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,8 +105,16 @@ def input_digests(paths: Paths, module) -> dict[str, str]:
     return {f.relative_to(paths.root).as_posix(): _sha256(f) for f in files}
 
 
-def cell_key(module, domain: str, sparsity: float | None, common: dict) -> str:
+def cell_key(module, domain: str, sparsity: float | None, common: dict, params: dict | None = None,
+             trial: Trial = Trial(), chosen: dict | None = None) -> str:
+    """``params``: the trial's key params (None: ``common`` holds them); ``chosen``: upstream choices."""
     parts = {"method": module.NAME, "domain": domain, "sparsity": sparsity, **common}
+    if params is not None:
+        parts["params"] = params
+    if trial != Trial():
+        parts["trial"] = trial.tag
+    if chosen:
+        parts["chosen"] = sorted((m, d, str(s), h) for m, c in chosen.items() for (d, s), h in c.items())
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -117,10 +128,16 @@ class Task:
     domain: str
     sparsity: float | None
     key: str
+    trial: Trial = Trial()
+    chosen: tuple = ()  # upstream methods' chosen grid points, as (method, ((domain, sparsity), point)...)
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.domain, self.sparsity, self.trial.tag)
 
     @property
     def stored(self) -> Path:
-        return self.paths.cell_store(self.method) / f"{cell_name(self.domain, self.sparsity)}-{self.key}"
+        return self.paths.cell_store(self.method) / f"{self.name}-{self.key}"
 
 
 def compute(task: Task) -> dict:
@@ -130,21 +147,23 @@ def compute(task: Task) -> dict:
     from ..methods import CELL_KEYS, Context
     from ..train import setup_runtime
     if task.stored.is_dir():  # another worker finished it first
-        return json.loads((task.stored / f"{cell_name(task.domain, task.sparsity)}.json").read_text())
+        return json.loads((task.stored / f"{task.name}.json").read_text())
     params, paths, module = task.params, task.paths, method_module(task.method)
-    final = paths.cell(task.method, task.domain, task.sparsity)
+    final = paths.cell(task.method, task.domain, task.sparsity, task.trial.tag)
     tmp = task.stored.with_name(f".tmp-{task.stored.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     out = Cell(tmp, final.name, final.checkpoints)
     rt = setup_runtime(params)
-    ctx = Context(params, paths, rt.pop("device_obj"), checkpoints=out.checkpoints)
+    ctx = Context(params, paths, rt.pop("device_obj"), checkpoints=out.checkpoints, trial=task.trial,
+                  chosen={m: dict(c) for m, c in task.chosen})
     torch.manual_seed(params.adapt.seed)
     with Tracker(params, paths, f"adapt_{task.method}", out.name) as tracker:
         tracker.set_tags({**rt, "method": task.method, "domain": task.domain, "sparsity": str(task.sparsity),
-                          "cell_key": task.key})
+                          "seed": str(task.trial.seed), "grid_point": str(task.trial.point), "cell_key": task.key})
         result = module.adapt(ctx, task.domain, task.sparsity, out, tracker)
         assert tuple(result) == CELL_KEYS, f"{task.method}.adapt returned keys {tuple(result)}, expected {CELL_KEYS}"
+        assert "val_psnr" in result["details"], f"{task.method}.adapt: details lack val_psnr (pipeline/selection.py)"
         tracker.log_metrics({k: v for k, v in result.items() if k in ("domain_psnr", "memory_bytes", "memory_cost_pct")})
         tracker.log_metrics({k: v for k, v in result["details"].items() if isinstance(v, (int, float))})
         # No run id or commit here: a cached intermediate must be byte-identical across equal runs.
@@ -168,11 +187,34 @@ def executor(params: Params, paths: Paths):
                           gpus_per_cell=e.gpus_per_cell, env=env)
 
 
+def check_grid(params: Params, module) -> None:
+    """A grid key outside the method's PARAMS would not reach its cells' keys: refuse it."""
+    for key in params.search.get(module.NAME, {}):
+        if not any(key == p or key.startswith(p + ".") for p in module.PARAMS):
+            raise ConfigError(f"search.{module.NAME}.{key}: not among the method's params {list(module.PARAMS)}")
+
+
+def plan(params: Params, paths: Paths, module) -> list[Task]:
+    """Every cell of the method: domain x sparsity x trial (seed x grid point), with its content key."""
+    check_grid(params, module)
+    chosen = tuple((m, tuple(sorted(choose(params, paths, m, method_module(m)).items(), key=str)))
+                   for m in getattr(module, "NEEDS", ()))
+    common = {"code": code_digest(), "inputs": input_digests(paths, module)}
+    points = grid_points(params, module.NAME)
+    tasks = []
+    for trial in trials(params, module.NAME):
+        tp = trial_params(params, points[trial.point], trial.seed)
+        kp = key_params(tp, module)
+        for d, s in grid(params, module):
+            key = cell_key(module, d, s, common, kp, trial, {m: dict(c) for m, c in chosen})
+            tasks.append(Task(tp, paths, module.NAME, d, s, key, trial, chosen))
+    return tasks
+
+
 def main(params: Params, paths: Paths, argv=None) -> None:
     args = parse_args(argv)
     module = method_module(args.method)
-    common = {"params": key_params(params, module), "code": code_digest(), "inputs": input_digests(paths, module)}
-    tasks = [Task(params, paths, args.method, d, s, cell_key(module, d, s, common)) for d, s in grid(params, module)]
+    tasks = plan(params, paths, module)
     todo = [t for t in tasks if not t.stored.is_dir()]
     start = time.perf_counter()
     with Tracker(params, paths, f"adapt_{args.method}") as tracker:

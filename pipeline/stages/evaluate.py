@@ -6,6 +6,7 @@ for the report's figure. Every link is evaluated with the same noise realisation
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 import numpy as np
@@ -15,16 +16,18 @@ from ..config import Params
 from ..methods import Context, Variant, registry
 from ..metrics import FIELDS, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs
 from ..paths import Paths
+from ..selection import Trial, choose, validation_table
 from ..tracking import Tracker
 from ..train import setup_runtime
 from . import provenance, run, write_json, write_npy, write_rows
 
 
-def all_variants(ctx: Context) -> list[Variant]:
-    """The pretrained reference, then every method's variants at every sparsity it uses."""
+def all_variants(ctx: Context, reference: bool = True) -> list[Variant]:
+    """The pretrained reference (``reference``), then every method's variants at every sparsity it uses,
+    for the context's seed at the grid points chosen on validation data."""
     pre = ctx.pretrained()
     out = [Variant("pretrained", None, lambda d: ctx.self_link(pre), None, lambda d: 0,
-                   transmit=lambda a: ctx.channel(pre), receive=lambda a, b: ctx.receiver(pre))]
+                   transmit=lambda a: ctx.channel(pre), receive=lambda a, b: ctx.receiver(pre))] if reference else []
     for name, module in sorted(registry().items()):
         for s in (ctx.params.adapt.sparsities if module.USES_SPARSITY else (None,)):
             out += module.variants(ctx, s)
@@ -38,13 +41,16 @@ def measure(ctx: Context, variant: Variant, reference: float, base_bytes: int) -
 
     def row(metric, value, unit, domain="", tx="", rx=""):
         rows.append({"method": variant.method, "sparsity": "" if variant.sparsity is None else variant.sparsity,
-                     "metric": metric, "domain": domain, "tx": tx, "rx": rx, "value": value, "unit": unit})
+                     "seed": ctx.trial.seed, "metric": metric, "domain": domain, "tx": tx, "rx": rx, "value": value, "unit": unit})
 
     for d in names:
         row("domain_psnr", ctx.psnr(variant.local(d), ctx.split(f"{d}_test")), "dB", domain=d, tx=d, rx=d)
     for (a, b), pair in ctx.pair_psnrs(variant, ordered_pairs(names), base_test).items():
         row("pair_psnr", pair, "dB", domain="base", tx=a, rx=b)
         row("misalignment", misalignment(reference, pair), "dB", domain="base", tx=a, rx=b)
+    if variant.method == "pretrained":  # the paired-shift control: the same test images before the transform
+        for d in names:
+            row("source_psnr", ctx.psnr(variant.local(d), ctx.split(f"{d}_test_source")), "dB", domain=d, tx=d, rx=d)
     for d in names:
         nbytes = int(variant.memory_bytes(d))
         row("memory_bytes", nbytes, "B", domain=d)
@@ -87,14 +93,31 @@ def write_csv(path, rows: list[dict]) -> None:
                       for r in rows], FIELDS)
 
 
+def choices(params: Params, paths: Paths) -> dict[str, dict]:
+    """Every method's grid point per (domain, sparsity), chosen on validation data (pipeline/selection.py)."""
+    return {name: choose(params, paths, name, module) for name, module in registry().items()}
+
+
+def validation_rows(params: Params, paths: Paths) -> list[dict]:
+    return [r for name, module in sorted(registry().items()) for r in validation_table(params, paths, name, module)]
+
+
+VALIDATION_FIELDS = ["method", "domain", "sparsity", "point", "setting", "val_psnr", "chosen"]
+
+
 def evaluate_all(ctx: Context) -> tuple[list[dict], float, list[Variant]]:
+    """Rows of every seed (the pretrained reference once, as seed 0); the variants of seed 0."""
     pre = ctx.pretrained()
     reference = ctx.psnr(ctx.link(pre, pre), ctx.split("base_test"))
-    variants = all_variants(ctx)
-    rows = []
-    for v in variants:
-        rows += measure(ctx, v, reference, fp32_bytes(pre))
-    return rows, reference, variants
+    chosen = choices(ctx.params, ctx.paths)
+    rows, first = [], None
+    for seed in range(ctx.params.adapt.seeds):
+        sctx = dataclasses.replace(ctx, trial=Trial(seed), chosen=chosen)
+        variants = all_variants(sctx, reference=seed == 0)
+        for v in variants:
+            rows += measure(sctx, v, reference, fp32_bytes(pre))
+        first = first or variants
+    return rows, reference, first
 
 
 def main(params: Params, paths: Paths) -> None:
@@ -103,6 +126,7 @@ def main(params: Params, paths: Paths) -> None:
     with Tracker(params, paths, "evaluate") as tracker:
         rows, reference, variants = evaluate_all(ctx)
         write_csv(paths.evaluation_csv, rows)
+        write_rows(paths.validation_csv, validation_rows(params, paths), VALIDATION_FIELDS)
         summary = summarise(rows, reference)
         write_json(paths.evaluate_json, {**summary, "provenance": provenance(params, paths, tracker.run_id)})
         write_npy(paths.reconstructions, reconstructions(ctx, variants, params.evaluate.reconstructions))
@@ -110,6 +134,7 @@ def main(params: Params, paths: Paths) -> None:
             if isinstance(vals, dict):
                 tracker.log_metrics({f"{name}.{k}": v for k, v in vals.items()})
         tracker.log_artifact(paths.evaluation_csv, "metrics")
+        tracker.log_artifact(paths.validation_csv, "metrics")
     print(f"evaluate: {len(rows)} measurements, reference PSNR {reference:.2f} dB")
 
 

@@ -30,7 +30,11 @@ def main(params: Params, paths: Paths) -> None:
     checkpoint = paths.checkpoints / "pretrain.pt"
     torch.manual_seed(params.pretrain.seed)
     model = build_model(params).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=params.pretrain.lr)
+    pre = params.pretrain
+    opt = torch.optim.Adam(model.parameters(), lr=pre.lr)
+    steps = pre.epochs * -(-len(train_x) // pre.batch_size)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pre.lr, total_steps=steps, pct_start=0.15)
+             if pre.schedule == "onecycle" else None)
     ev = dict(noise_seed=params.evaluate.noise_seed, batch_size=256, device=device)
     with Tracker(params, paths, "pretrain") as tracker:
         tracker.set_tags(rt)
@@ -46,9 +50,9 @@ def main(params: Params, paths: Paths) -> None:
                           params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
         start = time.perf_counter()
         history = fit(model, opt, train_x, lambda x, gen: model(x, gen), epochs=params.pretrain.epochs,
-                      batch_size=params.train.batch_size, seed=params.pretrain.seed, device=device,
+                      batch_size=pre.batch_size, seed=pre.seed, device=device,
                       checkpoint=checkpoint, key=key, desc="pretrain",
-                      on_epoch=on_epoch)
+                      on_epoch=on_epoch, scheduler=sched, clip=pre.clip)
         seconds = time.perf_counter() - start
         tracker.log_history(history)
         model.eval()
