@@ -173,8 +173,9 @@ def test_evaluate_end_to_end(adapted, monkeypatch):
     with open(adapted.paths.evaluation_csv) as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(measured) > 0
-    expected = ([("pretrained", "")] + [("sam", str(s)) for s in SPARSITIES]
-                + [(m, "") for m in ("tuning_retune", "tuning_copy", "no_alignment", "equalizer")])
+    expected = ([("pretrained", "")] + [(m, str(s)) for m in ("sam", "lora", "delta_topk") for s in SPARSITIES]
+                + [(m, "") for m in ("tuning_retune", "tuning_copy", "no_alignment", "equalizer", "bitfit",
+                                     "base_control")])
     assert sorted({(r["method"], r["sparsity"]) for r in table}) == sorted(expected)
     pairs = ordered_pairs(DOMAINS)
     for method, s in expected:

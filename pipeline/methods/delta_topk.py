@@ -81,7 +81,8 @@ def adapt(ctx: Context, domain: str, sparsity: float, out, tracker) -> dict:
     budgets = layer_budgets(base, sparsity, p.adapt.allocation)
     start = time.perf_counter()
     state = topk_delta(base, tuned, budgets)
-    total = sum(float((tuned.get_submodule(n).weight - base.get_submodule(n).weight).pow(2).sum()) for n in budgets)
+    total = sum(float((tuned.get_submodule(n).weight - base.get_submodule(n).weight).detach().pow(2).sum())
+                for n in budgets)
     kept_energy = sum(float(v.pow(2).sum()) for v in state.values.values())
     curve = []
     if p.delta_topk.retrain_epochs > 0:
