@@ -60,8 +60,9 @@ def save_safetensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"]
 
 
 # ------------------------------------------------------------------ what a safetensors file holds
-# Told from what every such file already holds: no "kind" field is written, because a SAM's memory
-# cost is its file size (claim C2), which a field would change.
+# Told from what every such file already holds: no "kind" field is written into a SAM, because a SAM's
+# memory cost is its file size (claim C2), which a field would change. The later adapter files (lora,
+# bitfit) do carry metadata "kind" (their bytes, counted as their memory, include it).
 KINDS = {"sam": "a SAM file (metadata format 'sam/<n>')",
          "model": "a model file (the SC model's state dict: encoder.*, decoder.*)",
          "equalizer": "an equalizer file (metadata 'receiver', tensors <partner>.blocks.*)",
@@ -85,8 +86,8 @@ def safetensors_header(path: str | os.PathLike) -> dict | None:
 
 def file_kind(path: str | os.PathLike) -> str | None:
     """Which of the pipeline's safetensors files ``path`` is (a key of ``KINDS``), from its header: a
-    ``kind`` metadata entry, a SAM's ``format`` metadata, an equalizer's ``receiver`` metadata or tensor names, a model's
-    state-dict names. None: unreadable, or none of these."""
+    ``kind`` metadata entry, a SAM's ``format`` metadata, an equalizer's ``receiver`` metadata or
+    tensor names, a model's state-dict names. None: unreadable, or none of these."""
     header = safetensors_header(path)
     if header is None:
         return None

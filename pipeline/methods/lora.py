@@ -77,8 +77,10 @@ class LoRAConvTranspose2d(nn.Module):
         self.lora_A = nn.ConvTranspose2d(base.in_channels, r, base.kernel_size, base.stride, base.padding,
                                          base.output_padding, bias=False)
         self.lora_B = nn.Conv2d(r, base.out_channels, 1, bias=False)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # peft's init
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # peft's init, drawn on the CPU
         nn.init.zeros_(self.lora_B.weight)
+        self.lora_A.to(base.weight.device, base.weight.dtype)
+        self.lora_B.to(base.weight.device, base.weight.dtype)
         self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
