@@ -179,6 +179,23 @@ class Equalizer(_Block):
     lr: LearningRate
 
 
+class Lora(_Block):
+    """lora: low-rank adapters on the conv and transposed-conv weights (ranks sized to sam's bytes)."""
+    lr: LearningRate = Field(description="Adam learning rate of the adapters (adapt.epochs, adapt.seed)")
+
+
+class Bitfit(_Block):
+    """bitfit: biases and PReLU slopes only."""
+    lr: LearningRate = Field(description="Adam learning rate of the biases and slopes (adapt.epochs, adapt.seed)")
+
+
+class DeltaTopk(_Block):
+    """delta_topk: the top-k of |W_tuned - W0| per layer under sam's budget, optionally re-trained on that mask."""
+    retrain_epochs: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        description="0: one-shot sparse delta; > 0: epochs re-training the kept values on the fixed mask")
+    lr: LearningRate = Field(description="Adam learning rate of the kept values when retrain_epochs > 0")
+
+
 class Evaluate(_Block):
     snr_db: Annotated[float, Field(ge=-30, le=60)]
     noise_seed: Seed
@@ -226,6 +243,9 @@ class Params(_Block):
     adapt: Adapt
     tuning: Tuning
     equalizer: Equalizer
+    lora: Lora
+    bitfit: Bitfit
+    delta_topk: DeltaTopk
     evaluate: Evaluate
     ablate: Ablate
     search: dict[str, Grid] = Field(description="per method, dotted param -> values tried; chosen on validation "

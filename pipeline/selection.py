@@ -100,12 +100,17 @@ def trials(params, method: str) -> list[Trial]:
     return [Trial(s, h) for h in range(len(grid_points(params, method))) for s in range(params.adapt.seeds)]
 
 
+def _domains(params, module) -> tuple[str, ...]:
+    """The domains a method has cells for (``PER_DOMAIN = False``: the first only)."""
+    return params.domains.names if getattr(module, "PER_DOMAIN", True) else params.domains.names[:1]
+
+
 def validation_table(params, paths, method: str, module) -> list[dict]:
     """Per domain, sparsity and grid point: the mean validation PSNR over seeds, and whether it is chosen."""
     points = grid_points(params, method)
     sparsities = params.adapt.sparsities if module.USES_SPARSITY else (None,)
     rows = []
-    for d in params.domains.names:
+    for d in _domains(params, module):
         for s in sparsities:
             scores = []
             for h, point in enumerate(points):
@@ -129,6 +134,6 @@ def choose(params, paths, method: str, module) -> dict[tuple[str, float | None],
     """(domain, sparsity) -> the chosen grid point (from the cells' validation PSNR)."""
     if len(grid_points(params, method)) == 1:
         sparsities = params.adapt.sparsities if module.USES_SPARSITY else (None,)
-        return {(d, s): 0 for d in params.domains.names for s in sparsities}
+        return {(d, s): 0 for d in _domains(params, module) for s in sparsities}
     return {(r["domain"], None if r["sparsity"] == "" else r["sparsity"]): r["point"]
             for r in validation_table(params, paths, method, module) if r["chosen"]}

@@ -60,11 +60,15 @@ def save_safetensors(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"]
 
 
 # ------------------------------------------------------------------ what a safetensors file holds
-# Told from what every such file already holds: no "kind" field is written, because a SAM's memory
-# cost is its file size (claim C2), which a field would change.
+# Told from what every such file already holds: no "kind" field is written into a SAM, because a SAM's
+# memory cost is its file size (claim C2), which a field would change. The later adapter files (lora,
+# bitfit) do carry metadata "kind" (their bytes, counted as their memory, include it).
 KINDS = {"sam": "a SAM file (metadata format 'sam/<n>')",
          "model": "a model file (the SC model's state dict: encoder.*, decoder.*)",
-         "equalizer": "an equalizer file (metadata 'receiver', tensors <partner>.blocks.*)"}
+         "equalizer": "an equalizer file (metadata 'receiver', tensors <partner>.blocks.*)",
+         "lora": "a LoRA adapter file (metadata kind 'lora')",
+         "bitfit": "a BitFit file (metadata kind 'bitfit')"}
+KIND_KEY = "kind"  # metadata naming the kind outright (the adapters of pipeline/methods/lora.py, bitfit.py)
 _EQUALIZER_TENSOR = re.compile(r"\w+\.blocks\.\d+\.")
 _HEADER_LIMIT = 100 << 20  # safetensors' own bound on a header
 
@@ -82,13 +86,15 @@ def safetensors_header(path: str | os.PathLike) -> dict | None:
 
 def file_kind(path: str | os.PathLike) -> str | None:
     """Which of the pipeline's safetensors files ``path`` is (a key of ``KINDS``), from its header: a
-    SAM's ``format`` metadata, an equalizer's ``receiver`` metadata or tensor names, a model's
-    state-dict names. None: unreadable, or none of these."""
+    ``kind`` metadata entry, a SAM's ``format`` metadata, an equalizer's ``receiver`` metadata or
+    tensor names, a model's state-dict names. None: unreadable, or none of these."""
     header = safetensors_header(path)
     if header is None:
         return None
     meta = header.get("__metadata__") or {}
     names = [k for k in header if k != "__metadata__"]
+    if meta.get(KIND_KEY) in KINDS:
+        return meta[KIND_KEY]
     if str(meta.get("format", "")).startswith("sam/"):
         return "sam"
     if "receiver" in meta or (names and all(_EQUALIZER_TENSOR.match(n) for n in names)):

@@ -137,11 +137,18 @@ def adapted_raw(raw: dict) -> dict:
 
 def adapt_every_cell(params: config.Params, paths: Paths) -> None:
     """Pretrain, then the adapt stage of every method (sam per domain x sparsity, tuning per domain, then
-    the equalizers, which need every tuned agent)."""
+    the equalizers, which need every tuned agent; then every other method of the registry, each after
+    the methods it ``NEEDS``)."""
+    from pipeline.methods import registry
     from pipeline.stages import adapt, pretrain
     pretrain.main(params, paths)
-    for method in ("sam", "tuning", "equalizer"):
+    done: list[str] = []
+    todo = ["sam", "tuning", "equalizer", *sorted(set(registry()) - {"sam", "tuning", "equalizer"})]
+    while todo:
+        method = next(m for m in todo if set(getattr(registry()[m], "NEEDS", ())) <= set(done))
         adapt.main(params, paths, ["--method", method])
+        done.append(method)
+        todo.remove(method)
 
 
 @pytest.fixture(scope="session")

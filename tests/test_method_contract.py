@@ -27,8 +27,10 @@ CPU = torch.device("cpu")
 
 
 def cells(name: str) -> list[tuple[str, float | None]]:
-    sparsities = ADAPTED_SPARSITIES if registry()[name].USES_SPARSITY else [None]
-    return [(d, s) for d in ADAPTED_DOMAINS for s in sparsities]
+    module = registry()[name]
+    sparsities = ADAPTED_SPARSITIES if module.USES_SPARSITY else [None]
+    domains = ADAPTED_DOMAINS if getattr(module, "PER_DOMAIN", True) else ADAPTED_DOMAINS[:1]
+    return [(d, s) for d in domains for s in sparsities]
 
 
 def context(project) -> Context:

@@ -173,8 +173,9 @@ def test_evaluate_end_to_end(adapted, monkeypatch):
     with open(adapted.paths.evaluation_csv) as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(measured) > 0
-    expected = ([("pretrained", "")] + [("sam", str(s)) for s in SPARSITIES]
-                + [(m, "") for m in ("tuning_retune", "tuning_copy", "no_alignment", "equalizer")])
+    expected = ([("pretrained", "")] + [(m, str(s)) for m in ("sam", "lora", "delta_topk") for s in SPARSITIES]
+                + [(m, "") for m in ("tuning_retune", "tuning_copy", "no_alignment", "equalizer", "bitfit",
+                                     "base_control")])
     assert sorted({(r["method"], r["sparsity"]) for r in table}) == sorted(expected)
     pairs = ordered_pairs(DOMAINS)
     for method, s in expected:
@@ -259,7 +260,8 @@ def test_ablate_snr_study_keeps_sam_aligned(adapted):
     for channel in ("awgn", "rayleigh"):
         for snr in params.ablate.snr_db:
             assert set(df[(df.snr_db == snr) & (df.channel == channel)].method) == {
-                "pretrained", f"sam γ={max(SPARSITIES):g}", "tuning_retune", "tuning_copy", "no_alignment", "equalizer"}
+                "pretrained", f"sam γ={max(SPARSITIES):g}", "tuning_retune", "tuning_copy", "no_alignment", "equalizer",
+                f"lora γ={max(SPARSITIES):g}", f"delta_topk γ={max(SPARSITIES):g}", "bitfit", "base_control"}
     # the channel matters: pretrained's own PSNR rises with the SNR (on AWGN, which it was trained on:
     # the tiny 2-epoch model is too weak to show a trend through fading) ...
     pre = df[(df.method == "pretrained") & (df.channel == "awgn")].sort_values("snr_db").domain_psnr.tolist()

@@ -4,7 +4,9 @@ A method module defines:
 
 - ``NAME`` (str) and ``USES_SPARSITY`` (bool: its cells run over ``adapt.sparsities`` too);
 - ``PARAMS``: the dotted param keys a cell's result depends on (its content key; dvc.yaml's stage
-  lists the same), and optionally ``NEEDS``: methods whose outputs its cells read;
+  lists the same), and optionally ``NEEDS``: methods whose outputs its cells read, and ``PER_DOMAIN``
+  (default True; False: its result does not depend on the domain, so the adapt stage runs one cell,
+  for the first of ``domains.names``, and its variants serve every domain from that cell);
 - ``adapt(ctx, domain, sparsity, out, tracker) -> dict``: adapt one agent to ``domain``, write the
   method's artefacts at the paths of ``out`` (a ``pipeline.paths.Cell``, owned by the adapt stage:
   ``out.artifact()``, ``out.artifact("variant")``), return the cell's metrics (keys: ``CELL_KEYS``);

@@ -14,6 +14,7 @@ Each writes a CSV + Markdown table, a figure and a finding stated with numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -30,7 +31,7 @@ from ..sam import install_sam, layer_budgets, sam_state
 from ..tracking import Tracker
 from ..train import setup_runtime
 from . import provenance, run, save_figure, write_text
-from .evaluate import all_variants
+from .evaluate import all_variants, choices
 
 
 def write_table(df: pd.DataFrame, name: str, params: Params, paths: Paths, run_id: str | None, finding: str) -> None:
@@ -65,6 +66,7 @@ def _log_to_parent(tracker: Tracker, paths: Paths, table: str, figure) -> None:
 
 # -------------------------------------------------------------------------------------- network view
 def network(ctx: Context) -> pd.DataFrame:
+    ctx = dataclasses.replace(ctx, chosen=choices(ctx.params, ctx.paths))  # seed 0 at the chosen grid points
     agents = [BASE_AGENT, *ctx.params.domains.names]
     base_test = ctx.split("base_test")
     rows = []
@@ -182,13 +184,14 @@ def _best(means: pd.Series) -> str:
 
 def _snr(ctx: Context) -> tuple[pd.DataFrame, str, object]:
     rows = []
+    chosen = choices(ctx.params, ctx.paths)  # every method at its grid point chosen on validation data (seed 0)
     for channel, snr in ((ch, s) for ch in CHANNELS for s in ctx.params.ablate.snr_db):
-        c = Context(ctx.params, ctx.paths, ctx.device, snr_db=snr, channel_type=channel)
+        c = Context(ctx.params, ctx.paths, ctx.device, snr_db=snr, channel_type=channel, chosen=chosen)
         pre = c.pretrained()
         ref = c.psnr(c.link(pre, pre), c.split("base_test"))
-        # sam at its largest sparsity only: every sam variant is bitwise the base when switched off.
+        # Methods with a sparsity at the largest only (every sam variant is bitwise the base when switched off).
         top = max(c.params.adapt.sparsities)
-        for v in (v for v in all_variants(c) if v.method != "sam" or v.sparsity == top):
+        for v in (v for v in all_variants(c) if v.sparsity is None or v.sparsity == top):
             local = statistics.fmean(c.psnr(v.local(d), c.split(f"{d}_test")) for d in c.params.domains.names)
             pairs = c.pair_psnrs(v, ordered_pairs(list(c.params.domains.names)), c.split("base_test"))
             mis = statistics.fmean(misalignment(ref, psnr) for psnr in pairs.values())

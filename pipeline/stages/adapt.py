@@ -52,7 +52,8 @@ def method_module(name: str):
 
 def grid(params: Params, module) -> list[tuple[str, float | None]]:
     sparsities = params.adapt.sparsities if module.USES_SPARSITY else (None,)
-    return [(d, s) for d in params.domains.names for s in sparsities]
+    domains = params.domains.names if getattr(module, "PER_DOMAIN", True) else params.domains.names[:1]
+    return [(d, s) for d in domains for s in sparsities]
 
 
 # ------------------------------------------------------------------------------------------ keys
