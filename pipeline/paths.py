@@ -130,6 +130,11 @@ class Paths:
     def reconstructions(self) -> Path:
         return self.build / "eval" / "reconstructions.npy"
 
+    @property
+    def per_image(self) -> Path:
+        """Per-image PSNR/SSIM of evaluate's measurements (``pipeline.metrics.read_per_image``)."""
+        return self.build / "eval" / "per_image.safetensors"
+
     # ------------------------------------------------------------------ reports/<run>
     @property
     def reports(self) -> Path:

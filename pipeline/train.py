@@ -1,4 +1,4 @@
-"""Training and evaluation loops shared by every stage: device, batches, checkpoints, PSNR.
+"""Training and evaluation loops shared by every stage: device, batches, checkpoints, PSNR and SSIM.
 
 Determinism: each epoch's shuffling and channel noise come from a generator seeded by
 ``(seed, epoch)``, so a run resumed from the checkpoint of epoch e draws exactly what an
@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import InputError, Params
-from .metrics import mean_psnr, psnr_per_image
+from .metrics import Quality, psnr_per_image, ssim_per_image
 from .model import SCModel
 from .storage import save_safetensors, write_atomic_with, wrong_kind
 
@@ -245,23 +245,48 @@ def evaluate_psnr(decode: Callable[[torch.Tensor, torch.Generator], torch.Tensor
 def evaluate_psnr_fanout(transmit: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
                          receivers: list[Callable[[torch.Tensor], torch.Tensor]], images: torch.Tensor, *,
                          noise_seed: int, batch_size: int, device: torch.device) -> list[float]:
-    """Mean PSNR of ``receive(transmit(x, generator))`` for every receiver: one Tx heard by several Rx.
+    """Mean PSNR of ``receive(transmit(x, generator))`` for every receiver: one Tx heard by several Rx
+    (``evaluate_quality_fanout`` without SSIM, means only)."""
+    return [q.mean_psnr for q in evaluate_quality_fanout(transmit, receivers, images, noise_seed=noise_seed,
+                                                         batch_size=batch_size, device=device, ssim=False)]
+
+
+@torch.no_grad()
+def evaluate_quality(decode: Callable[[torch.Tensor, torch.Generator], torch.Tensor], images: torch.Tensor, *,
+                     noise_seed: int, batch_size: int, device: torch.device, ssim: bool = True) -> Quality:
+    """Per-image PSNR (and SSIM) of ``decode(x, generator)`` against x: ``evaluate_psnr``'s pass, same noise."""
+    return evaluate_quality_fanout(decode, [_identity], images, noise_seed=noise_seed, batch_size=batch_size,
+                                   device=device, ssim=ssim)[0]
+
+
+@torch.no_grad()
+def evaluate_quality_fanout(transmit: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+                            receivers: list[Callable[[torch.Tensor], torch.Tensor]], images: torch.Tensor, *,
+                            noise_seed: int, batch_size: int, device: torch.device, ssim: bool = True
+                            ) -> list[Quality]:
+    """Per-image PSNR (and SSIM, unless ``ssim`` is False) of ``receive(transmit(x, generator))`` for
+    every receiver: one Tx heard by several Rx.
 
     Each batch is transmitted once (noise drawn once) and decoded by every receiver, so the numbers
-    are exactly those of one ``evaluate_psnr`` per receiver with the same noise seed, at the cost of
-    one encoding for all of them (receivers must not draw noise or change their input). Always fp32:
-    autocast is off here even inside a caller's autocast region, whatever ``train.precision``.
+    are exactly those of one ``evaluate_quality`` per receiver with the same noise seed, at the cost of
+    one encoding for all of them (receivers must not draw noise or change their input). PSNR and SSIM
+    of a receiver are measured on the same reconstruction. Always fp32: autocast is off here even
+    inside a caller's autocast region, whatever ``train.precision``.
     """
     gen = torch.Generator(device=device)
     gen.manual_seed(noise_seed)
-    scores: list[list[torch.Tensor]] = [[] for _ in receivers]
+    psnrs: list[list[torch.Tensor]] = [[] for _ in receivers]
+    ssims: list[list[torch.Tensor]] = [[] for _ in receivers]
     with torch.autocast(device.type, enabled=False):
         for i in range(0, len(images), batch_size):
             x = to_float(images[i:i + batch_size], device)
             y = transmit(x, gen)
-            for out, receive in zip(scores, receivers):
-                out.append(psnr_per_image(receive(y), x).cpu())
-    return [mean_psnr(torch.cat(out)) for out in scores]
+            for p_out, s_out, receive in zip(psnrs, ssims, receivers):
+                out = receive(y)
+                p_out.append(psnr_per_image(out, x).cpu())
+                if ssim:
+                    s_out.append(ssim_per_image(out, x).cpu())
+    return [Quality(torch.cat(p), torch.cat(s) if ssim else None) for p, s in zip(psnrs, ssims)]
 
 
 def _identity(y: torch.Tensor) -> torch.Tensor:

@@ -105,3 +105,4 @@ def test_evaluate_refuses_a_bad_sam_file(adapted, capsys, kind):
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
     assert not paths.evaluation_csv.exists()
     assert not paths.evaluate_json.exists()
+    assert not paths.per_image.exists()

@@ -178,7 +178,8 @@ def test_dvc_paths_are_the_paths_of_pipeline_paths(name, source):
         cell = paths.cell(method, params.domains.names[0], params.adapt.sparsities[0] if method == "sam" else None)
         assert cell.folder == paths.adapt(method) and cell.metrics.parent == paths.adapt(method)
     assert sorted([*outs("evaluate"), *outs("evaluate", "metrics")]) == sorted(
-        [rel(paths.reconstructions), rel(paths.evaluation_csv), rel(paths.validation_csv), rel(paths.evaluate_json)])
+        [rel(paths.reconstructions), rel(paths.per_image), rel(paths.evaluation_csv), rel(paths.validation_csv),
+         rel(paths.evaluate_json)])
     assert rel(paths.tables) in outs("report") and rel(paths.claims_json) in outs("report")
     stamp = rel(paths.stamp)
     for stage in st:

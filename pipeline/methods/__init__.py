@@ -33,9 +33,10 @@ import torch
 from ..config import Params
 from ..data import load_images, to_tensor
 from ..model import SCModel, apply_channel
+from ..metrics import Quality
 from ..paths import Cell, Paths
 from ..selection import Trial
-from ..train import evaluate_psnr, evaluate_psnr_fanout, load_model
+from ..train import evaluate_psnr, evaluate_quality, evaluate_quality_fanout, load_model
 
 # Every cell's metrics JSON has exactly these keys, whatever the method (evaluation treats all alike).
 CELL_KEYS = ("method", "domain", "sparsity", "domain_psnr", "memory_bytes", "memory_cost_pct", "details")
@@ -51,7 +52,8 @@ class Variant:
 
     ``local(d)`` prepares and returns agent d's own link (its Tx -> channel -> its Rx);
     ``pair(a, b)`` returns the link from agent a's Tx to agent b's Rx after the alignment step;
-    ``memory_bytes(d)`` is what agent d stores beyond the shared pretrained model (real bytes).
+    ``memory_bytes(d)`` is what agent d stores beyond the shared pretrained model and actually needs to
+    serve its domain and talk to the others (real bytes; SPEC.md's memory cost).
 
     A method whose pair links are "a's Tx -> channel -> b's Rx side" gives ``transmit(a)`` (images,
     generator -> received symbols) and ``receive(a, b)`` (received symbols -> images) instead of
@@ -136,18 +138,36 @@ class Context:
         return evaluate_psnr(decode, images, noise_seed=self.params.evaluate.noise_seed, batch_size=256,
                              device=self.device)
 
+    def quality(self, decode: Decode, images: torch.Tensor, ssim: bool = True) -> Quality:
+        """Per-image PSNR and SSIM in ``psnr``'s pass (same noise seed, same reconstructions):
+        ``quality(d, x).mean_psnr == psnr(d, x)`` bit for bit."""
+        return evaluate_quality(decode, images, noise_seed=self.params.evaluate.noise_seed, batch_size=256,
+                                device=self.device, ssim=ssim)
+
     def pair_psnrs(self, variant: Variant, pairs: list[tuple[str, str]], images: torch.Tensor
                    ) -> dict[tuple[str, str], float]:
         """``psnr(variant.pair(a, b), images)`` for every pair; with transmit/receive, each Tx's
         batches are encoded once for all its receivers (same noise, same numbers)."""
+        return {p: q.mean_psnr for p, q in self.pair_qualities(variant, pairs, images, ssim=False).items()}
+
+    def pair_qualities(self, variant: Variant, pairs: list[tuple[str, str]],
+                       images: torch.Tensor | Callable[[str], torch.Tensor], ssim: bool = True
+                       ) -> dict[tuple[str, str], Quality]:
+        """``quality(variant.pair(a, b), images)`` for every pair, in the order of ``pairs``.
+
+        ``images``: one image set for every link (base test images: the pair metrics), or a function of
+        the transmitting agent (``lambda a: ctx.split(f"{a}_test")``: cross traffic, A's own images).
+        With transmit/receive, each Tx's batches are encoded once for all its receivers (same noise,
+        same numbers as one ``quality`` per pair)."""
+        of = images if callable(images) else (lambda a: images)
         if variant.transmit is None:
-            return {(a, b): self.psnr(variant.pair(a, b), images) for a, b in pairs}
+            return {(a, b): self.quality(variant.pair(a, b), of(a), ssim) for a, b in pairs}
         found = {}
         for a in dict.fromkeys(a for a, _ in pairs):
             rxs = [b for t, b in pairs if t == a]
-            values = evaluate_psnr_fanout(variant.transmit(a), [variant.receive(a, b) for b in rxs], images,
-                                          noise_seed=self.params.evaluate.noise_seed, batch_size=256,
-                                          device=self.device)
+            values = evaluate_quality_fanout(variant.transmit(a), [variant.receive(a, b) for b in rxs], of(a),
+                                             noise_seed=self.params.evaluate.noise_seed, batch_size=256,
+                                             device=self.device, ssim=ssim)
             found.update({(a, b): v for b, v in zip(rxs, values)})
         return {p: found[p] for p in pairs}
 

@@ -1,6 +1,11 @@
 """equalizer: full fine-tuning on the domain (shared with ``tuning``), then at each receiver B a small
 equalizer per partner A, trained on base images to map A's received symbols to what B's decoder
-expects (B's decoder and A's encoder frozen). Memory: the adapted copy plus the equalizers.
+expects (B's decoder and A's encoder frozen).
+
+Memory (SPEC.md: what an agent stores beyond the shared W0 and actually needs): its K - 1 equalizers
+only, one per partner, their tensors' real bytes. The agent serves its domain with its tuned weights
+and talks through its equalizers; it never uses a copy of W0, so none is charged. (The tuned weights
+replace W0 in the agent rather than sitting beside it, as for ``no_alignment``.)
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from ..model import apply_channel
 from ..storage import save_safetensors, wrong_kind
 from ..train import ModelFileError, data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant
-from .tuning import copy_bytes, tuned_models
+from .tuning import tuned_models
 
 NAME = "equalizer"
 USES_SPARSITY = False
@@ -84,7 +89,7 @@ def adapt(ctx: Context, domain: str, sparsity: None, out, tracker) -> dict:
     val = statistics.fmean(ctx.psnr(ctx.link(tuned[a], tuned[domain], eq), ctx.split("base_val"))
                            for a, eq in eqs.items())
     base = ctx.pretrained()
-    nbytes = copy_bytes(base) + tensor_bytes(tensors.values())
+    nbytes = tensor_bytes(tensors.values())  # the K - 1 equalizers only (module docstring)
     return {"method": NAME, "domain": domain, "sparsity": None,
             "domain_psnr": ctx.psnr(ctx.self_link(tuned[domain]), ctx.split(f"{domain}_test")),
             "memory_bytes": nbytes, "memory_cost_pct": memory_cost_pct(nbytes, fp32_bytes(base)),
@@ -109,9 +114,9 @@ def variants(ctx: Context, sparsity: None) -> list[Variant]:
     tuned = tuned_models(ctx)
     channels = tuned[BASE_AGENT].channels
     eqs = {d: load_equalizers(ctx, d, channels) for d in ctx.params.domains.names}
-    nbytes = copy_bytes(ctx.pretrained())
     # Equalizers exist only between adapted agents: links with the base agent, or to oneself, are raw.
+    # Memory: receiver d's K - 1 equalizers, as in its cell.
     return [Variant(NAME, None, lambda d: ctx.self_link(tuned[d]), None,
-                    lambda d: nbytes + sum(tensor_bytes(e.state_dict().values()) for e in eqs[d].values()),
+                    lambda d: sum(tensor_bytes(e.state_dict().values()) for e in eqs[d].values()),
                     transmit=lambda a: ctx.channel(tuned[a]),
                     receive=lambda a, b: ctx.receiver(tuned[b], eqs.get(b, {}).get(a)))]

@@ -1,8 +1,23 @@
-"""Stage ``evaluate``: domain PSNR, misalignment (full A x B matrices) and memory cost of every
-method, variant and sparsity, as defined in SPEC.md, against the pretrained reference.
+"""Stage ``evaluate``: domain PSNR and SSIM, pair PSNR and SSIM with misalignment (full A x B
+matrices), cross-traffic PSNR and SSIM, and memory cost of every method, variant and sparsity, as
+defined in SPEC.md (and ``pipeline.metrics``), against the pretrained reference.
 
-Writes one tidy CSV (a row per measurement), a DVC metrics summary, and sample reconstructions
-for the report's figure. Every link is evaluated with the same noise realisation.
+Writes one tidy CSV (a row per measurement, columns ``FIELDS``), a DVC metrics summary, the
+per-image PSNR/SSIM behind every domain_*, pair_* and cross_* mean (``Paths.per_image``, for paired
+bootstrap intervals; read with ``pipeline.metrics.read_per_image``), and sample reconstructions for
+the report's figure. Every link is evaluated with the same noise realisation; PSNR and SSIM of a
+link come from the same reconstructions.
+
+Metrics (``metric`` column; domain / tx / rx):
+
+- ``domain_psnr``, ``domain_ssim``: d / d / d, agent d's own link on ``{d}_test``;
+- ``pair_psnr``, ``pair_ssim``, ``misalignment``: base / a / b, a's Tx -> b's Rx after the alignment
+  step on base test images (misalignment: reference PSNR - pair PSNR);
+- ``cross_psnr``, ``cross_ssim``: a / a / b, the same link on a's own domain test images ``{a}_test``
+  (what real traffic between adapted agents gets);
+- ``memory_bytes``, ``memory_cost``: d / - / -, what agent d stores beyond W0 and needs.
+
+``seed`` is the context's ``seed`` (0 when it has none).
 """
 from __future__ import annotations
 
@@ -14,7 +29,8 @@ import torch
 
 from ..config import Params
 from ..methods import Context, Variant, registry
-from ..metrics import FIELDS, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs
+from ..metrics import (FIELDS, Quality, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs, per_image_key,
+                       write_per_image)
 from ..paths import Paths
 from ..selection import Trial, choose, validation_table
 from ..tracking import Tracker
@@ -34,28 +50,48 @@ def all_variants(ctx: Context, reference: bool = True) -> list[Variant]:
     return out
 
 
-def measure(ctx: Context, variant: Variant, reference: float, base_bytes: int) -> list[dict]:
-    """Rows for one variant: domain PSNR, pair PSNR and misalignment per ordered pair, memory."""
+def measure(ctx: Context, variant: Variant, reference: float, base_bytes: int,
+            per_image: dict[str, torch.Tensor] | None = None) -> list[dict]:
+    """Rows for one variant: domain PSNR/SSIM, pair PSNR/SSIM and misalignment per ordered pair,
+    cross-traffic PSNR/SSIM per ordered pair, memory. ``per_image`` (if given) receives the per-image
+    values of every PSNR/SSIM row, keyed ``per_image_key`` of the row."""
     names, base_test = list(ctx.params.domains.names), ctx.split("base_test")
+    seed = ctx.trial.seed
+    sparsity = "" if variant.sparsity is None else variant.sparsity
+    pairs = ordered_pairs(names)
     rows = []
 
-    def row(metric, value, unit, domain="", tx="", rx=""):
-        rows.append({"method": variant.method, "sparsity": "" if variant.sparsity is None else variant.sparsity,
-                     "seed": ctx.trial.seed, "metric": metric, "domain": domain, "tx": tx, "rx": rx, "value": value, "unit": unit})
+    def row(metric, value, unit, domain="", tx="", rx="", values=None):
+        rows.append({"method": variant.method, "sparsity": sparsity, "seed": seed,
+                     "metric": metric, "domain": domain, "tx": tx, "rx": rx, "value": value, "unit": unit})
+        if per_image is not None and values is not None:
+            key = per_image_key(variant.method, sparsity, seed, metric, domain, tx, rx)
+            if key in per_image:
+                raise ValueError(f"evaluate: two measurements share the per-image key {key!r}")
+            per_image[key] = values
+
+    def quality_rows(kind: str, q: Quality, domain: str, tx: str, rx: str):
+        row(f"{kind}_psnr", q.mean_psnr, "dB", domain, tx, rx, q.psnr)
+        row(f"{kind}_ssim", q.mean_ssim, "1", domain, tx, rx, q.ssim)
 
     for d in names:
-        row("domain_psnr", ctx.psnr(variant.local(d), ctx.split(f"{d}_test")), "dB", domain=d, tx=d, rx=d)
-    for (a, b), pair in ctx.pair_psnrs(variant, ordered_pairs(names), base_test).items():
-        row("pair_psnr", pair, "dB", domain="base", tx=a, rx=b)
-        row("misalignment", misalignment(reference, pair), "dB", domain="base", tx=a, rx=b)
+        quality_rows("domain", ctx.quality(variant.local(d), ctx.split(f"{d}_test")), d, d, d)
+    for (a, b), q in ctx.pair_qualities(variant, pairs, base_test).items():
+        quality_rows("pair", q, "base", a, b)
+        row("misalignment", misalignment(reference, q.mean_psnr), "dB", domain="base", tx=a, rx=b)
+    for (a, b), q in ctx.pair_qualities(variant, pairs, lambda a: ctx.split(f"{a}_test")).items():
+        quality_rows("cross", q, a, a, b)
     if variant.method == "pretrained":  # the paired-shift control: the same test images before the transform
         for d in names:
-            row("source_psnr", ctx.psnr(variant.local(d), ctx.split(f"{d}_test_source")), "dB", domain=d, tx=d, rx=d)
+            quality_rows("source", ctx.quality(variant.local(d), ctx.split(f"{d}_test_source")), d, d, d)
     for d in names:
         nbytes = int(variant.memory_bytes(d))
         row("memory_bytes", nbytes, "B", domain=d)
         row("memory_cost", memory_cost_pct(nbytes, base_bytes), "%", domain=d)
     return rows
+
+
+SUMMARY_METRICS = ("domain_psnr", "domain_ssim", "misalignment", "cross_psnr", "cross_ssim", "memory_cost")
 
 
 def summarise(rows: list[dict], reference: float) -> dict:
@@ -66,7 +102,7 @@ def summarise(rows: list[dict], reference: float) -> dict:
         name = method if s == "" else f"{method}_gamma_{s:g}"
         sel = [r for r in rows if r["method"] == method and r["sparsity"] == s]
         out[name] = {m: round(statistics.fmean(r["value"] for r in sel if r["metric"] == m), 6)
-                     for m in ("domain_psnr", "misalignment", "memory_cost")}
+                     for m in SUMMARY_METRICS}
         out[name]["max_abs_misalignment"] = max(abs(r["value"]) for r in sel if r["metric"] == "misalignment")
     return out
 
@@ -105,8 +141,10 @@ def validation_rows(params: Params, paths: Paths) -> list[dict]:
 VALIDATION_FIELDS = ["method", "domain", "sparsity", "point", "setting", "val_psnr", "chosen"]
 
 
-def evaluate_all(ctx: Context) -> tuple[list[dict], float, list[Variant]]:
-    """Rows of every seed (the pretrained reference once, as seed 0); the variants of seed 0."""
+def evaluate_all(ctx: Context, per_image: dict[str, torch.Tensor] | None = None
+                 ) -> tuple[list[dict], float, list[Variant]]:
+    """Rows of every seed (the pretrained reference once, as seed 0) at the grid points chosen on
+    validation data; the variants of seed 0."""
     pre = ctx.pretrained()
     reference = ctx.psnr(ctx.link(pre, pre), ctx.split("base_test"))
     chosen = choices(ctx.params, ctx.paths)
@@ -115,7 +153,7 @@ def evaluate_all(ctx: Context) -> tuple[list[dict], float, list[Variant]]:
         sctx = dataclasses.replace(ctx, trial=Trial(seed), chosen=chosen)
         variants = all_variants(sctx, reference=seed == 0)
         for v in variants:
-            rows += measure(sctx, v, reference, fp32_bytes(pre))
+            rows += measure(sctx, v, reference, fp32_bytes(pre), per_image)
         first = first or variants
     return rows, reference, first
 
@@ -124,9 +162,11 @@ def main(params: Params, paths: Paths) -> None:
     rt = setup_runtime(params)
     ctx = Context(params, paths, rt.pop("device_obj"))
     with Tracker(params, paths, "evaluate") as tracker:
-        rows, reference, variants = evaluate_all(ctx)
+        per_image: dict[str, torch.Tensor] = {}
+        rows, reference, variants = evaluate_all(ctx, per_image)
         write_csv(paths.evaluation_csv, rows)
         write_rows(paths.validation_csv, validation_rows(params, paths), VALIDATION_FIELDS)
+        write_per_image(paths.per_image, per_image)
         summary = summarise(rows, reference)
         write_json(paths.evaluate_json, {**summary, "provenance": provenance(params, paths, tracker.run_id)})
         write_npy(paths.reconstructions, reconstructions(ctx, variants, params.evaluate.reconstructions))
