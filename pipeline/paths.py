@@ -128,6 +128,11 @@ class Paths:
     def reconstructions(self) -> Path:
         return self.build / "eval" / "reconstructions.npy"
 
+    @property
+    def per_image(self) -> Path:
+        """evaluate's per-image values (``pipeline.metrics.read_per_image``)."""
+        return self.build / "eval" / "per_image.safetensors"
+
     # ------------------------------------------------------------------ reports/<run>
     @property
     def reports(self) -> Path:
