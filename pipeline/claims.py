@@ -25,9 +25,9 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -290,7 +290,7 @@ def c3_close_to_tuning(df: pd.DataFrame, evaluate_json: dict, per_image: PerImag
 def c4_alignment_is_paid(df: pd.DataFrame, evaluate_json: dict, per_image: PerImage | None = None) -> dict:
     domains = list(dict.fromkeys(values(df, "equalizer", "memory_bytes")["domain"]))
     k = len(domains)
-    routes, parts = {}, []
+    routes = {}
     for route in ALIGNMENT_ROUTES:
         mis = float(values(df, route, "misalignment")["value"].mean())
         mem = float(values(df, route, "memory_cost")["value"].min())
@@ -315,12 +315,12 @@ def c4_alignment_is_paid(df: pd.DataFrame, evaluate_json: dict, per_image: PerIm
     routes["tuning_retune"]["mean_forgetting_db"] = float(forgetting.mean())
     passed = all(r["pays"] for r in routes.values())
     below_copy = eq["memory_cost_pct"] < FULL_COPY_PCT
-    parts = [f"tuning_retune: {routes['tuning_retune']['mean_misalignment_db']:.2f} dB misalignment, forgets "
-             f"{forgetting.mean():.2f} dB of domain PSNR",
-             f"tuning_copy: {copy['memory_cost_pct']:.1f} % (a full copy)",
-             f"equalizer: {eq['memory_cost_pct']:.2f} % per agent at K = {k} ({per_partner_pct:.2f} % per partner, "
-             f"growing as K − 1: {eq['cost_pct_at_1024_agents']:.1f} % at K = {NETWORK_AGENTS[-1]}), "
-             f"{eq['mean_misalignment_db']:.2f} dB misalignment"]
+    parts = [(f"tuning_retune: {routes['tuning_retune']['mean_misalignment_db']:.2f} dB misalignment, forgets "
+              f"{forgetting.mean():.2f} dB of domain PSNR"),
+             f"tuning_copy: {copy['memory_cost_pct']:.1f} % (a second full copy)",
+             (f"equalizer: {eq['memory_cost_pct']:.2f} % per agent at K = {k} ({per_partner_pct:.2f} % per partner, "
+              f"growing as K − 1: {eq['cost_pct_at_1024_agents']:.1f} % at K = {NETWORK_AGENTS[-1]}), "
+              f"{eq['mean_misalignment_db']:.2f} dB misalignment")]
     honest = (f"On honest memory the equalizer costs less than a full copy at K = {k} ({eq['memory_cost_pct']:.2f} %): "
               "the view that every baseline pays at least a full model holds for tuning_copy only, the equalizer "
               f"reaches a full copy from K = {eq['agents_to_reach_a_full_copy']} agents"

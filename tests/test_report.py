@@ -563,6 +563,10 @@ def test_new_methods_are_optional_but_must_be_whole(tiny_params, tmp_path):
     stale = pd.concat([full, tidy(names, [0.5], new=True).query("method == 'delta_topk'")])
     with pytest.raises(DataError, match=r"delta_topk at sparsities \[0.5\]"):
         report.check_complete(through_csv(stale, tmp_path), params, tmp_path)
+    one_seed_less = full.drop(full.index[(full["method"] == "lora") & (full["metric"] == "cross_ssim")
+                                         & (full["seed"] == 1)])
+    with pytest.raises(DataError, match=r"lora γ=.*% are at different seeds: cross_ssim at \[0\], the others at \[0, 1\];"):
+        report.check_complete(through_csv(one_seed_less, tmp_path), params, tmp_path)
     twice = pd.concat([full, full[(full["method"] == "bitfit") & (full["metric"] == "domain_psnr")]])
     with pytest.raises(DataError, match="lacks domain_psnr of bitfit at seed 0"):  # a duplicate is no coverage
         report.check_complete(through_csv(twice, tmp_path), params, tmp_path)

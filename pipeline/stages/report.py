@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,7 +98,8 @@ def read_tidy(path: Path) -> pd.DataFrame:
 
 def check_complete(df: pd.DataFrame, params: Params, source: Path) -> None:
     """The claims' methods (sam at every γ of params) have every required metric; every metric a variant
-    has covers, at each of its seeds, every domain or every ordered pair once; no γ outside params."""
+    has covers, at each of its seeds (the same for all its metrics), every domain or every ordered pair
+    once; no γ outside params."""
     domains = list(params.domains.names)
     for method in sorted(set(df.loc[df["sparsity"].notna(), "method"])):
         gammas = sorted(set(df.loc[(df["method"] == method), "sparsity"].dropna()))
@@ -123,6 +123,13 @@ def check_complete(df: pd.DataFrame, params: Params, source: Path) -> None:
                                     f"rows, expected one per {kind(metric)} of domains {domains}); re-run the "
                                     "evaluate stage")
     known = df[df["metric"].isin(expected)]
+    for (method, sparsity), rows in known.groupby(KEY, observed=True, dropna=False, sort=False):
+        seeds = rows.groupby("metric")["seed"].agg(lambda s: tuple(sorted(set(s))))
+        if seeds.nunique() > 1:  # an interval over fewer seeds than its neighbours would pass unnoticed
+            usual = seeds.mode().iloc[0]
+            odd = ", ".join(f"{m} at {list(v)}" for m, v in seeds.items() if v != usual)
+            raise DataError(f"report: {source}: the metrics of {variant_label(method, sparsity)} are at different "
+                            f"seeds: {odd}, the others at {list(usual)}; re-run the evaluate stage")
     for (method, sparsity, metric, seed), rows in known.groupby([*KEY, "metric", "seed"], observed=True,
                                                                 dropna=False, sort=False):
         if (got := found(rows, metric)) != expected[metric]:
@@ -282,11 +289,13 @@ def summarise(inputs: Inputs, domains: list[str]) -> Frames:
     main = {"domain_psnr_db": _per_seed(df, "domain_psnr", KEY)}
     if has_ssim:
         main["domain_ssim"] = _per_seed(df, "domain_ssim", KEY)
-    main |= {"misalignment_db": _per_seed(df, "misalignment", KEY), "memory_cost_pct": _per_seed(df, "memory_cost", KEY)}
+    main |= {"misalignment_db": _per_seed(df, "misalignment", KEY),
+             "memory_cost_pct": _per_seed(df, "memory_cost", KEY)}
     main = _cells(main)
-    main.mean["seeds"] = _metric(df, "domain_psnr").groupby(KEY, observed=True, dropna=False, sort=False)[
-        "seed"].nunique()
-    misalignment = _cells({f"misalignment_{how}_db": _per_seed(df, "misalignment", KEY, how) for how in ("mean", "max")})
+    seeds = _metric(df, "domain_psnr").groupby(KEY, observed=True, dropna=False, sort=False)["seed"]
+    main.mean["seeds"] = seeds.nunique()
+    misalignment = _cells({f"misalignment_{how}_db": _per_seed(df, "misalignment", KEY, how)
+                           for how in ("mean", "max")})
     memory = _cells({**{f"memory_bytes_{how}": _per_seed(df, "memory_bytes", KEY, how) for how in ("mean", "max")},
                      **{f"memory_cost_pct_{how}": _per_seed(df, "memory_cost", KEY, how) for how in ("mean", "max")}})
     pair_psnr = _wide(df, "pair_psnr", [*KEY, "tx"], "rx", domains, mean_column=False)
