@@ -1,6 +1,7 @@
 """The report stage and the claims: a small tidy evaluation table with known numbers, built here."""
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -18,44 +19,75 @@ DOMAINS = ["VA", "VP", "VC"]
 GAMMAS = [0.001, 0.01]
 REFERENCE = 30.0
 BASE_BYTES = 1_000_000
+EQUALIZER_BYTES = 2_500  # one equalizer (one partner): 0.25 % of the model
 TUNED_GAP = (0.5, 0.2, 0.1)  # tuning_copy's domain PSNR above sam's at 1 %, per domain (cycled)
+BASELINES = ("pretrained", "tuning_copy", "tuning_retune", "no_alignment", "equalizer")
+ZERO_FORGET = ("lora", "delta_topk")  # new methods with sparsities; bitfit and base_control have none
+COLUMNS = FIELDS if "seed" in FIELDS else [*FIELDS, "seed"]  # evaluate's columns, seed included
 
 
 def domain_psnr(method: str, sparsity: float | None, i: int) -> float:
     """Domain PSNR (dB) of the i-th domain; sam at 1 %: pretrained + 4 dB."""
     return {"pretrained": 20.0 + i, "sam": 20.0 + i + 400 * (sparsity or 0), "tuning_retune": 19.0 + i,
             "tuning_copy": 24.0 + i + TUNED_GAP[i % 3], "no_alignment": 24.0 + i + TUNED_GAP[i % 3],
-            "equalizer": 24.0}[method]
+            "equalizer": 24.0, "lora": 20.5 + i + 300 * (sparsity or 0), "delta_topk": 20.2 + i + 200 * (sparsity or 0),
+            "bitfit": 21.0 + i, "base_control": 20.1 + i}[method]
 
 
 PAIR = {"pretrained": 30.0, "sam": 30.0, "tuning_copy": 30.0, "tuning_retune": 29.0, "no_alignment": 20.0,
-        "equalizer": 28.0}
+        "equalizer": 28.0, "lora": 30.0, "delta_topk": 30.0, "bitfit": 30.0, "base_control": 29.5}
 
 
-def memory_bytes(method: str, sparsity: float | None) -> int:
-    return {"sam": round(600_000 * (sparsity or 0)), "tuning_copy": BASE_BYTES,
-            "equalizer": BASE_BYTES + 10_000}.get(method, 0)
+def cross_psnr(method: str, i: int) -> float:
+    """A's domain images (A the i-th domain) to B's Rx: below the pair PSNR on base images."""
+    return PAIR[method] - 3.0 - i
 
 
-def tidy(domains=DOMAINS, gammas=GAMMAS) -> pd.DataFrame:
-    """The evaluate stage's table for the numbers above (misalignment = REFERENCE - pair PSNR)."""
+def memory_bytes(method: str, sparsity: float | None, domains: int) -> int:
+    """Honest memory: the equalizer stores its D - 1 equalizers, tuning_copy a full copy."""
+    return {"sam": round(600_000 * (sparsity or 0)), "lora": round(800_000 * (sparsity or 0)),
+            "delta_topk": round(600_000 * (sparsity or 0)), "bitfit": 4_000, "tuning_copy": BASE_BYTES,
+            "equalizer": (domains - 1) * EQUALIZER_BYTES}.get(method, 0)
+
+
+def tidy(domains=DOMAINS, gammas=GAMMAS, seeds=(0,), shift=None, new=False) -> pd.DataFrame:
+    """The evaluate stage's table for the numbers above (misalignment = REFERENCE - pair PSNR), at every
+    seed; ``shift(method, seed)`` is added to the domain PSNR; ``new``: also the new methods and the SSIM
+    and cross-traffic metrics."""
     rows = []
-    variants = [("pretrained", None), *[("sam", g) for g in gammas],
-                *[(m, None) for m in ("tuning_copy", "tuning_retune", "no_alignment", "equalizer")]]
-    for method, sparsity in variants:
+    methods = [("pretrained", None), *[("sam", g) for g in gammas],
+               *[(m, None) for m in ("tuning_copy", "tuning_retune", "no_alignment", "equalizer")]]
+    if new:
+        methods += [*[(m, g) for m in ZERO_FORGET for g in gammas], ("bitfit", None), ("base_control", None)]
+    for (method, sparsity), seed in itertools.product(methods, seeds):
         def row(metric, value, unit, domain="", tx="", rx=""):
-            rows.append({"method": method, "sparsity": sparsity, "metric": metric, "domain": domain, "tx": tx,
-                         "rx": rx, "value": value, "unit": unit})
+            rows.append({"method": method, "sparsity": sparsity, "seed": seed, "metric": metric, "domain": domain,
+                         "tx": tx, "rx": rx, "value": value, "unit": unit})
 
         for i, d in enumerate(domains):
-            row("domain_psnr", domain_psnr(method, sparsity, i), "dB", d, d, d)
+            psnr = domain_psnr(method, sparsity, i) + (shift(method, seed) if shift else 0.0)
+            row("domain_psnr", psnr, "dB", d, d, d)
+            if new:
+                row("domain_ssim", psnr / 40, "", d, d, d)
         for a, b in ordered_pairs(list(domains)):
             row("pair_psnr", PAIR[method], "dB", "base", a, b)
             row("misalignment", REFERENCE - PAIR[method], "dB", "base", a, b)
+            if new:
+                row("pair_ssim", PAIR[method] / 40, "", "base", a, b)
+                row("cross_psnr", cross_psnr(method, list(domains).index(a)), "dB", a, a, b)
+                row("cross_ssim", cross_psnr(method, list(domains).index(a)) / 40, "", a, a, b)
         for d in domains:
-            row("memory_bytes", memory_bytes(method, sparsity), "B", d)
-            row("memory_cost", 100 * memory_bytes(method, sparsity) / BASE_BYTES, "%", d)
-    return pd.DataFrame(rows, columns=FIELDS)
+            nbytes = memory_bytes(method, sparsity, len(domains))
+            row("memory_bytes", nbytes, "B", d)
+            row("memory_cost", 100 * nbytes / BASE_BYTES, "%", d)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def half_width(x) -> float:
+    """The Student-t 95 % half-width, from scipy (a check of the report's use of pipeline.stats)."""
+    from scipy import stats as sps
+    x = np.asarray(x, dtype=float)
+    return float(sps.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
 
 
 def through_csv(df: pd.DataFrame, tmp_path) -> pd.DataFrame:
@@ -125,19 +157,54 @@ def test_c2_fails_when_one_domain_costs_1_2_percent_at_gamma_one_percent(tmp_pat
 def test_c4_needs_misalignment_or_a_full_copy_on_every_route(tmp_path, df):
     c4 = claims.c4_alignment_is_paid(df, {})
     assert c4["status"] == "PASS"
-    assert c4["measured"]["tuning_copy"] == {"mean_misalignment_db": 0.0, "memory_cost_pct": 100.0, "pays": True}
+    copy = c4["measured"]["tuning_copy"]
+    assert (copy["mean_misalignment_db"], copy["memory_cost_pct"], copy["pays"]) == (0.0, 100.0, True)
     assert c4["measured"]["tuning_retune"]["mean_misalignment_db"] == pytest.approx(1.0)
     assert c4["measured"]["tuning_retune"]["forgetting_db"] == pytest.approx({"VA": 5.5, "VP": 5.2, "VC": 5.1})
-    assert c4["measured"]["equalizer"]["memory_cost_pct"] == pytest.approx(101.0)
     # Re-tuning that keeps its agents aligned for free would break the guarantee.
     raw = tidy()
     retune = (raw["method"] == "tuning_retune") & (raw["metric"] == "misalignment")
     raw.loc[retune, "value"] = 0.0
     assert claims.c4_alignment_is_paid(through_csv(raw, tmp_path), {})["status"] == "FAIL"
-    # ... as would a copy that costs less than the model.
+    # ... as would a copy that costs less than the model ...
     raw = tidy()
     raw.loc[(raw["method"] == "tuning_copy") & (raw["metric"] == "memory_cost"), "value"] = 99.9
     assert claims.c4_alignment_is_paid(through_csv(raw, tmp_path), {})["status"] == "FAIL"
+    # ... or an equalizer that stores nothing and leaves no misalignment.
+    raw = tidy()
+    eq = raw["method"] == "equalizer"
+    raw.loc[eq & raw["metric"].isin(["memory_bytes", "memory_cost", "misalignment"]), "value"] = 0.0
+    assert claims.c4_alignment_is_paid(through_csv(raw, tmp_path), {})["status"] == "FAIL"
+
+
+def test_c4_states_the_equalizers_honest_cost_and_its_growth_with_k(tmp_path, df):
+    """D = 3 domains: each agent stores 2 equalizers (0.25 % each), 0.5 % in all; K - 1 of them at K agents."""
+    eq = claims.c4_alignment_is_paid(df, {})["measured"]["equalizer"]
+    per_partner = 100 * EQUALIZER_BYTES / BASE_BYTES
+    assert eq["agents"] == len(DOMAINS) and eq["memory_cost_pct"] == pytest.approx((len(DOMAINS) - 1) * per_partner)
+    assert eq["per_partner_cost_pct"] == pytest.approx(per_partner)
+    assert eq["cost_pct_at_1024_agents"] == pytest.approx(1023 * per_partner)
+    k_copy = eq["agents_to_reach_a_full_copy"]
+    assert (k_copy - 1) * per_partner >= 100 > (k_copy - 2) * per_partner
+    sam_pct = 100 * memory_bytes("sam", 0.01, len(DOMAINS)) / BASE_BYTES
+    k_sam = eq["agents_to_exceed_sam_pct"]
+    assert (k_sam - 1) * per_partner > sam_pct >= (k_sam - 2) * per_partner
+    c4 = claims.c4_alignment_is_paid(df, {})
+    assert "less than a full copy" in c4["summary"] and f"from K = {k_copy} agents" in c4["summary"]
+    assert "holds for tuning_copy only" in c4["definition"]
+    # An equalizer that costs more than the model: the text says so instead.
+    raw = tidy()
+    rows = (raw["method"] == "equalizer") & (raw["metric"] == "memory_cost")
+    raw.loc[rows, "value"] = 120.0
+    c4 = claims.c4_alignment_is_paid(through_csv(raw, tmp_path), {})
+    assert "at least a full copy already at K = 3" in c4["summary"] and "tuning_copy only" not in c4["summary"]
+
+
+def test_network_bytes_is_constant_per_agent_or_grows_as_k_minus_1():
+    assert [claims.network_bytes("sam", 600, k, 4) for k in (2, 1024)] == [600, 600]
+    assert [claims.network_bytes("equalizer", 300, k, 4) for k in (2, 4, 1024)] == [100, 300, 1023 * 100]
+    with pytest.raises(ValueError, match="at least 2 domains"):
+        claims.network_bytes("equalizer", 300, 8, 1)
 
 
 def test_headline_is_the_largest_relative_gain_over_both_baselines(df):
@@ -206,8 +273,12 @@ def frames(df) -> report.Frames:
     return report.summarise(report.Inputs(df, {}, np.zeros(0), masks), DOMAINS)
 
 
+def flat_tables(df) -> dict[str, pd.DataFrame]:
+    return {name: report.flat_table(cells, fmt) for name, (cells, fmt) in report.table_specs(frames(df)).items()}
+
+
 def test_tables_hold_the_expected_numbers(df):
-    tables = {name: report.flat_table(frame, fmt) for name, (frame, fmt) in report.table_specs(frames(df)).items()}
+    tables = flat_tables(df)
     main = tables["main"].set_index("method")
     assert list(main.index) == ["pretrained", "sam", "sam", "tuning_copy", "tuning_retune", "no_alignment",
                                 "equalizer"]
@@ -215,11 +286,12 @@ def test_tables_hold_the_expected_numbers(df):
     assert sam.loc[1.0, "domain_psnr_db"] == 25.0 and sam.loc[0.1, "memory_cost_pct"] == 0.06
     assert main.loc["tuning_copy", "domain_psnr_db"] == pytest.approx(25.27)  # mean 25.2667, 2 decimals
     assert main.loc["equalizer", "misalignment_db"] == 2.0 and main.loc["tuning_copy", "memory_cost_pct"] == 100.0
+    assert (main["seeds"] == 1).all() and main["domain_psnr_db_ci95"].isna().all()  # one seed: no interval
     assert tables["domain_psnr"].set_index("method").loc["tuning_retune", "VP"] == 20.0
     assert tables["misalignment"].set_index("method").loc["no_alignment", "misalignment_max_db"] == 10.0
     memory = tables["memory"].set_index("method")
-    assert memory.loc["equalizer", "memory_bytes_max"] == BASE_BYTES + 10_000
-    assert memory.loc["equalizer", "memory_cost_pct_mean"] == 101.0
+    assert memory.loc["equalizer", "memory_bytes_max"] == (len(DOMAINS) - 1) * EQUALIZER_BYTES
+    assert memory.loc["equalizer", "memory_cost_pct_mean"] == 100 * (len(DOMAINS) - 1) * EQUALIZER_BYTES / BASE_BYTES
     assert tables["pair_psnr"].set_index(["method", "tx"]).loc[("tuning_retune", "VA"), "VP"] == 29.0
     assert list(tables["mask_movement"].columns) == ["sparsity_pct", *DOMAINS, "mean"]
 
@@ -228,9 +300,90 @@ def test_table_text_formats(df):
     frame, fmt = report.table_specs(frames(df))["main"]
     csv, md, tex = report.render_table(report.flat_table(frame, fmt), fmt, "PROVENANCE")
     assert md.startswith("PROVENANCE\n") and tex.startswith("% PROVENANCE\n")
-    assert "25.27" in md and "100.000" in md and "nan" not in md
+    assert "25.27" in md and "100.000" in md and "nan" not in md and "±" not in md
     assert "tuning\\_copy" in tex and "25.27" in tex
-    assert csv.splitlines()[0] == "method,sparsity_pct,domain_psnr_db,misalignment_db,memory_cost_pct"
+    assert csv.splitlines()[0] == ("method,sparsity_pct,domain_psnr_db,domain_psnr_db_ci95,misalignment_db,"
+                                   "misalignment_db_ci95,memory_cost_pct,memory_cost_pct_ci95,seeds")
+
+
+SHIFTS = (-0.1, 0.0, 0.3)  # domain PSNR of every adapted method, per seed
+
+
+def shift(method, seed):
+    return 0.0 if method == "pretrained" else SHIFTS[seed]
+
+
+def test_cells_over_seeds_are_the_mean_and_student_t_half_width(tmp_path):
+    df = through_csv(tidy(seeds=(0, 1, 2), shift=shift), tmp_path)
+    tables = flat_tables(df)
+    main = tables["main"][tables["main"]["method"] == "sam"].set_index("sparsity_pct")
+    mean = np.mean([domain_psnr("sam", 0.01, i) for i in range(3)])
+    assert main.loc[1.0, "domain_psnr_db"] == pytest.approx(round(mean + np.mean(SHIFTS), 2))
+    assert main.loc[1.0, "domain_psnr_db_ci95"] == pytest.approx(round(half_width(SHIFTS), 2))
+    assert main.loc[1.0, "seeds"] == 3 and main.loc[1.0, "memory_cost_pct_ci95"] == 0.0
+    pretrained = tables["domain_psnr"].set_index("method").loc["pretrained"]
+    assert pretrained["VA_ci95"] == 0.0 and pretrained["VA"] == 20.0  # the same at every seed
+    frame, fmt = report.table_specs(frames(df))["domain_psnr"]
+    md = report.render_table(report.flat_table(frame, fmt), fmt, "H")[1]
+    assert f"{24.0 + np.mean(SHIFTS):.2f} ± {half_width(SHIFTS):.2f}" in md  # sam at 1 %, VA
+
+
+def test_new_methods_ssim_and_cross_traffic_tables(tmp_path):
+    df = through_csv(tidy(new=True), tmp_path)
+    tables = flat_tables(df)
+    main = tables["main"]
+    assert list(dict.fromkeys(main["method"])) == ["pretrained", "sam", "lora", "delta_topk", "bitfit", "tuning_copy",
+                                                   "tuning_retune", "no_alignment", "equalizer", "base_control"]
+    assert list(main.columns).index("domain_ssim") == list(main.columns).index("domain_psnr_db_ci95") + 1
+    lora = main[(main["method"] == "lora") & (main["sparsity_pct"] == 1.0)].iloc[0]
+    assert lora["domain_psnr_db"] == pytest.approx(round(np.mean([domain_psnr("lora", 0.01, i) for i in range(3)]), 2))
+    assert lora["domain_ssim"] == pytest.approx(round(lora["domain_psnr_db"] / 40, 4), abs=1e-4)
+    assert tables["domain_ssim"].set_index("method").loc["bitfit", "VP"] == pytest.approx(22.0 / 40, abs=1e-4)
+    cross = tables["cross_traffic"].set_index("method")
+    assert list(cross.columns[1::2]) == ["cross_psnr_db", "cross_ssim", "pair_psnr_db", "pair_ssim", "misalignment_db"]
+    # mean over the 6 ordered pairs: A = each domain twice
+    assert cross.loc["equalizer", "cross_psnr_db"] == pytest.approx(np.mean([cross_psnr("equalizer", i)
+                                                                             for i in range(3)]))
+    assert cross.loc["no_alignment", "pair_psnr_db"] == PAIR["no_alignment"]
+    assert not frames(df).skipped
+
+
+def test_tables_without_new_metrics_are_left_out_and_said_so(df):
+    f = frames(df)
+    assert {"domain_ssim", "cross_traffic"}.isdisjoint(report.table_specs(f))
+    assert "domain_ssim" not in f.main.mean.columns
+    assert any("domain_ssim" in reason for reason in f.skipped) and any("cross_psnr" in r for r in f.skipped)
+
+
+def test_memory_network_from_the_measured_bytes(tmp_path):
+    df = through_csv(tidy(new=True), tmp_path)
+    net = flat_tables(df)["memory_network"]
+    assert set(net["method"]) == {"sam", "lora", "delta_topk", "bitfit", "tuning_copy", "equalizer"}
+    assert sorted(set(net["agents"])) == [2 ** i for i in range(1, 11)]
+    eq = net[net["method"] == "equalizer"].set_index("agents")
+    measured = memory_bytes("equalizer", None, len(DOMAINS))
+    assert eq.loc[len(DOMAINS) + 1, "per_agent_bytes"] == measured * len(DOMAINS) / (len(DOMAINS) - 1)
+    assert eq.loc[1024, "per_agent_bytes"] == round(1023 * measured / (len(DOMAINS) - 1))
+    assert eq.loc[1024, "total_bytes"] == round(1024 * 1023 * measured / (len(DOMAINS) - 1))
+    copy = net[net["method"] == "tuning_copy"].set_index("agents")
+    assert (copy["per_agent_bytes"] == BASE_BYTES).all() and copy.loc[8, "total_bytes"] == 8 * BASE_BYTES
+    assert copy.loc[8, "per_agent_cost_pct"] == 100.0
+
+
+def test_psnr_vs_bytes_and_memory_network_figures(tmp_path):
+    df = through_csv(tidy(new=True, seeds=(0, 1, 2), shift=shift), tmp_path)
+    f = frames(df)
+    fig = report.fig_psnr_vs_bytes(f, DOMAINS)
+    assert len(fig.axes) == len(DOMAINS) and fig.axes[0].get_xscale() == "log"
+    lines = {c.get_label(): c.lines[0] for c in fig.axes[1].containers}  # errorbar: (data line, caps, bars)
+    lines |= {line.get_label(): line for line in fig.axes[1].get_lines() if not line.get_label().startswith("_")}
+    sam = lines["sam"]  # a line over γ: bytes ascending, domain PSNR of VP at each γ (mean over seeds)
+    assert list(sam.get_xdata()) == [memory_bytes("sam", g, 3) for g in GAMMAS]
+    assert list(sam.get_ydata()) == pytest.approx([domain_psnr("sam", g, 1) + np.mean(SHIFTS) for g in GAMMAS])
+    assert "pretrained (0 B)" in lines and len(lines["bitfit"].get_xdata()) == 1
+    fig = report.fig_memory_network(f)
+    eq = next(line for line in fig.axes[0].get_lines() if line.get_label() == "equalizer")
+    assert fig.axes[0].get_yscale() == "log" and eq.get_ydata()[-1] / eq.get_ydata()[0] == pytest.approx(1023)
 
 
 # ----------------------------------------------------------------------------------------- stage
@@ -248,10 +401,11 @@ def write_inputs(params, paths, df: pd.DataFrame) -> None:
                        {"details": {"kept_per_layer": {"a": 3, "b": 4}, "mask_moved_fraction": 0.5}})
 
 
-REPORT_FILES = ({f"tables/{t}.{ext}" for t in ("main", "domain_psnr", "misalignment", "memory", "pair_psnr",
-                                                 "mask_movement") for ext in ("csv", "md", "tex")}
-                | {f"figures/{f}.png" for f in ("psnr_vs_sparsity", "misalignment", "memory_vs_sparsity",
-                                                 "pair_matrix", "reconstructions")}
+REPORT_FILES = ({f"tables/{t}.{ext}" for t in ("main", "domain_psnr", "misalignment", "memory", "memory_network",
+                                                 "pair_psnr", "mask_movement") for ext in ("csv", "md", "tex")}
+                | {f"figures/{f}.png" for f in ("psnr_vs_sparsity", "psnr_vs_bytes", "misalignment",
+                                                 "memory_vs_sparsity", "memory_network", "pair_matrix",
+                                                 "reconstructions")}
                 | {"plots/psnr_vs_sparsity.csv", "plots/memory_vs_sparsity.csv", "claims.json", "claims.md"})
 
 
@@ -279,6 +433,29 @@ def test_report_stage_writes_every_file(project, capsys):
     assert "figures/pair_matrix.png" in logged
     parent = client.get_run(client.get_run(run_id).data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED"
+
+
+def test_report_stage_with_seeds_new_methods_and_metrics(project, capsys):
+    """Every new table and figure, and a finding's interval in claims.md; then an older evaluate without the
+    new metrics: their tables are removed, and the log says they were left out."""
+    params = project.params
+    domains, gammas = list(params.domains.names), list(params.adapt.sparsities)
+    write_inputs(params, project.paths, tidy(domains, gammas, seeds=(0, 1, 2), shift=lambda m, s: 0.1 * s, new=True))
+    run(report.main, project.root)
+    out = project.paths.reports
+    new_tables = {f"tables/{t}.{ext}" for t in ("domain_ssim", "cross_traffic") for ext in ("csv", "md", "tex")}
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert REPORT_FILES | new_tables <= written
+    assert "lora" in (out / "tables" / "main.md").read_text() and " ± " in (out / "tables" / "main.md").read_text()
+    doc = json.loads((out / "claims.json").read_text())
+    c3 = next(e for e in doc["claims"] if e["id"] == "C3")
+    assert c3["measured"]["mean_gap_interval"]["n"] == 3 and "95 % CI" in (out / "claims.md").read_text()
+    assert "left out" not in capsys.readouterr().out
+    write_inputs(params, project.paths, tidy(domains, gammas))
+    run(report.main, project.root)
+    assert not any((out / name).exists() for name in new_tables)
+    log = capsys.readouterr().out
+    assert "left out tables/cross_traffic" in log and "no per_image.safetensors" in log
 
 
 def test_mlflow_ui_view_of_an_execution(project, capsys):
@@ -361,6 +538,38 @@ def test_incomplete_or_stale_tables_are_refused(tiny_params, tmp_path):
     stale = pd.concat([full, tidy(params.domains.names, [0.5]).query("method == 'sam'")])
     with pytest.raises(DataError, match=r"sparsities \[0.5\]"):
         report.check_complete(through_csv(stale, tmp_path), params, tmp_path)
+
+
+def test_a_csv_without_seeds_is_seed_0_and_bad_seeds_are_refused(tmp_path):
+    from pipeline.data import DataError
+    old = through_csv(tidy().drop(columns="seed"), tmp_path)
+    assert (old["seed"] == 0).all() and old["seed"].dtype == "int64"
+    raw = tidy().astype({"seed": float})
+    raw.loc[3, "seed"] = 1.5
+    with pytest.raises(DataError, match="seeds must be integers"):
+        through_csv(raw, tmp_path)
+
+
+def test_new_methods_are_optional_but_must_be_whole(tiny_params, tmp_path):
+    from pipeline.config import parse
+    from pipeline.data import DataError
+    params = parse(tiny_params)
+    names, gammas = params.domains.names, params.adapt.sparsities
+    full = tidy(names, gammas, seeds=(0, 1), new=True)
+    report.check_complete(through_csv(full, tmp_path), params, tmp_path)
+    lora_row = full.index[(full["method"] == "lora") & (full["metric"] == "cross_ssim") & (full["seed"] == 1)][:1]
+    with pytest.raises(DataError, match="lacks cross_ssim of lora γ=.* at seed 1"):
+        report.check_complete(through_csv(full.drop(lora_row), tmp_path), params, tmp_path)
+    stale = pd.concat([full, tidy(names, [0.5], new=True).query("method == 'delta_topk'")])
+    with pytest.raises(DataError, match=r"delta_topk at sparsities \[0.5\]"):
+        report.check_complete(through_csv(stale, tmp_path), params, tmp_path)
+    one_seed_less = full.drop(full.index[(full["method"] == "lora") & (full["metric"] == "cross_ssim")
+                                         & (full["seed"] == 1)])
+    with pytest.raises(DataError, match=r"lora γ=.*% are at different seeds: cross_ssim at \[0\], the others at \[0, 1\];"):
+        report.check_complete(through_csv(one_seed_less, tmp_path), params, tmp_path)
+    twice = pd.concat([full, full[(full["method"] == "bitfit") & (full["metric"] == "domain_psnr")]])
+    with pytest.raises(DataError, match="lacks domain_psnr of bitfit at seed 0"):  # a duplicate is no coverage
+        report.check_complete(through_csv(twice, tmp_path), params, tmp_path)
 
 
 def test_misalignment_figure_is_the_same_bytes_for_the_same_numbers(df, tmp_path):

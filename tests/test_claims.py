@@ -1,0 +1,117 @@
+"""The findings' verdicts (C3, C5, H) from 95 % intervals: over seeds, or a paired bootstrap over test
+images with one seed; the per-image keys; the check CLI with INCONCLUSIVE findings."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import claims, stats
+
+from .test_report import DOMAINS, domain_psnr, half_width, through_csv, tidy, write
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture
+def df(tmp_path):
+    """test_report's table: one seed."""
+    return through_csv(tidy(), tmp_path)
+
+
+def sam_shift(scale: float, tuned: float = 0.0):
+    """sam's domain PSNR moves by (-1, 0, +1) x scale over the seeds; tuning_copy's by ``tuned``."""
+    return lambda method, seed: (seed - 1) * scale if method == "sam" else tuned if method == "tuning_copy" else 0.0
+
+
+@pytest.mark.parametrize("scale, tuned, status", [(0.05, 0.0, "PASS"), (0.2, 0.0, "INCONCLUSIVE"),
+                                                  (0.05, 1.0, "FAIL")])
+def test_c3_verdict_from_the_interval_over_seeds(tmp_path, scale, tuned, status):
+    df = through_csv(tidy(seeds=SEEDS, shift=sam_shift(scale, tuned)), tmp_path)
+    c3 = claims.c3_close_to_tuning(df, {})
+    gap = np.mean([domain_psnr("tuning_copy", None, i) - domain_psnr("sam", 0.01, i) for i in range(3)]) + tuned
+    per_seed = [gap - (s - 1) * scale for s in SEEDS]
+    interval = c3["measured"]["mean_gap_interval"]
+    assert interval["n"] == 3 and interval["mean"] == pytest.approx(gap, abs=1e-4)
+    assert interval["ci95"] == pytest.approx([gap - half_width(per_seed), gap + half_width(per_seed)], abs=1e-4)
+    assert c3["status"] == status and "3 seeds" in c3["summary"] and "95 % CI" in c3["summary"]
+
+
+def test_c5_is_inconclusive_when_one_domain_straddles_zero(tmp_path):
+    def shift(method, seed):  # sam on VC only 0.05 dB above the pretrained model on average, +-1 dB per seed
+        return (seed - 1) * 1.0 if method == "sam" else 0.0
+
+    raw = tidy(seeds=SEEDS, shift=shift)
+    vc_sam = (raw["method"] == "sam") & (raw["metric"] == "domain_psnr") & (raw["domain"] == "VC")
+    raw.loc[vc_sam, "value"] -= domain_psnr("sam", 0.01, 2) - domain_psnr("pretrained", None, 2) - 0.05
+    c5 = claims.c5_improves_on_pretrained(through_csv(raw, tmp_path), {})
+    assert c5["status"] == "INCONCLUSIVE"
+    assert c5["measured"]["delta_interval"]["VC"]["status"] == "INCONCLUSIVE"
+    assert c5["measured"]["delta_interval"]["VA"]["status"] == "PASS"  # 4 dB +- 2.5
+    raw.loc[vc_sam, "value"] -= 10.0  # now clearly below the pretrained model on VC
+    assert claims.c5_improves_on_pretrained(through_csv(raw, tmp_path), {})["status"] == "FAIL"
+
+
+def per_image_values(n: int = 40, vc_gain: float = 4.0, noise: float = 1.0) -> claims.PerImage:
+    """One seed; per image: pretrained ~ its domain PSNR, sam = pretrained + gain + noise (VC: ``vc_gain``)."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for i, d in enumerate(DOMAINS):
+        base = domain_psnr("pretrained", None, i) + rng.normal(0, 2, n)
+        gain = vc_gain if d == "VC" else 4.0
+        arrays[f"pretrained||0|domain_psnr|{d}|{d}|{d}"] = base
+        arrays[f"sam|0.01|0|domain_psnr|{d}|{d}|{d}"] = base + gain + rng.normal(0, noise, n)
+        arrays[f"tuning_copy||0|domain_psnr|{d}|{d}|{d}"] = base + 4.5 + rng.normal(0, noise, n)
+    return claims.PerImage(arrays)
+
+
+def test_one_seed_with_per_image_values_gets_a_paired_bootstrap(df):
+    values = per_image_values(vc_gain=0.1, noise=3.0)
+    c5 = claims.c5_improves_on_pretrained(df, {}, values)
+    vc = c5["measured"]["delta_interval"]["VC"]
+    sam, pre = values.domain("sam", "VC", 0, 0.01), values.domain("pretrained", "VC", 0)
+    expected = stats.paired_bootstrap(sam, pre)
+    assert vc["ci95"] == pytest.approx([expected.lo, expected.hi], abs=1e-4) and vc["n"] == 40
+    assert vc["status"] == "INCONCLUSIVE" and c5["status"] == "INCONCLUSIVE"
+    assert "paired bootstrap over 40 test images" in c5["summary"]
+    # C3: the bootstrap of the per-image gap averaged over domains (one image of each domain per index)
+    c3 = claims.c3_close_to_tuning(df, {}, values)
+    tuned = np.mean([values.domain("tuning_copy", d, 0) for d in DOMAINS], axis=0)
+    sam = np.mean([values.domain("sam", d, 0, 0.01) for d in DOMAINS], axis=0)
+    expected = stats.paired_bootstrap(tuned, sam)
+    assert c3["measured"]["mean_gap_interval"]["ci95"] == pytest.approx([expected.lo, expected.hi], abs=1e-4)
+
+
+def test_one_seed_without_per_image_values_is_a_point_estimate(df):
+    c3 = claims.c3_close_to_tuning(df, {})
+    assert c3["measured"]["mean_gap_interval"]["n"] == 1 and claims.POINT_ONLY in c3["summary"]
+    assert c3["status"] == "PASS"  # 0.27 dB < 0.5 dB decides without an interval
+
+
+def test_headline_interval_is_at_the_argmax_over_seeds(tmp_path):
+    df = through_csv(tidy(seeds=SEEDS, shift=sam_shift(0.5)), tmp_path)
+    h = claims.headline_improvement(df, {})
+    assert (h["measured"]["argmax_domain"], h["measured"]["argmax_baseline"]) == ("VA", "tuning_retune")
+    gains = [100 * (24.0 + (s - 1) * 0.5 - 19.0) / 19.0 for s in SEEDS]
+    interval = h["measured"]["max_improvement_interval"]
+    assert interval["mean"] == pytest.approx(np.mean(gains), abs=1e-4)
+    assert interval["ci95"][1] == pytest.approx(np.mean(gains) + half_width(gains), abs=1e-4)
+    assert h["status"] == "INCONCLUSIVE"  # 26.3 % +- 6.5 % straddles 29.7 %
+
+
+def test_per_image_keys_are_checked():
+    with pytest.raises(ValueError, match="expected method|sparsity"):
+        claims.PerImage({"sam|0.01|0|domain_psnr|VA": np.zeros(3)})
+    with pytest.raises(ValueError, match="not a number"):
+        claims.PerImage({"sam|0.01|zero|domain_psnr|VA|VA|VA": np.zeros(3)})
+    values = claims.PerImage({"sam|0.010|1|domain_psnr|VA|VA|VA": np.ones(3)})
+    assert values.domain("sam", "VA", 1, 0.01).tolist() == [1, 1, 1] and values.domain("sam", "VA", 0, 0.01) is None
+
+
+def test_an_inconclusive_finding_is_read_back_and_does_not_fail_the_check(tmp_path, df, capsys):
+    entries = claims.check_all(df, {})
+    next(e for e in entries if e["id"] == "C3")["status"] = "INCONCLUSIVE"
+    path = write(tmp_path, entries)
+    assert claims.main(["check", path]) == 0
+    assert "C3  finding   INCONCLUSIVE" in capsys.readouterr().out
+    next(e for e in entries if e["id"] == "C1")["status"] = "INCONCLUSIVE"  # a guarantee is PASS or it fails
+    assert claims.main(["check", write(tmp_path, entries)]) == 1
