@@ -69,6 +69,9 @@ def tidy(domains=DOMAINS, gammas=GAMMAS, seeds=(0,), shift=None, new=False) -> p
             row("domain_psnr", psnr, "dB", d, d, d)
             if new:
                 row("domain_ssim", psnr / 40, "", d, d, d)
+                if method == "pretrained":  # the paired-shift control: 3 dB better before the transform
+                    row("source_psnr", psnr + 3.0, "dB", d, d, d)
+                    row("source_ssim", (psnr + 3.0) / 40, "", d, d, d)
         for a, b in ordered_pairs(list(domains)):
             row("pair_psnr", PAIR[method], "dB", "base", a, b)
             row("misalignment", REFERENCE - PAIR[method], "dB", "base", a, b)
@@ -268,7 +271,7 @@ def test_claims_files(tmp_path, df):
 
 # ---------------------------------------------------------------------------------------- tables
 def frames(df) -> report.Frames:
-    masks = pd.DataFrame([{"domain": d, "sparsity": g, "metric": "mask_moved_fraction", "value": 0.25}
+    masks = pd.DataFrame([{"domain": d, "sparsity": g, "seed": 0, "metric": "mask_moved_fraction", "value": 0.25}
                           for g in GAMMAS for d in DOMAINS])
     return report.summarise(report.Inputs(df, {}, np.zeros(0), masks), DOMAINS)
 
@@ -293,7 +296,7 @@ def test_tables_hold_the_expected_numbers(df):
     assert memory.loc["equalizer", "memory_bytes_max"] == (len(DOMAINS) - 1) * EQUALIZER_BYTES
     assert memory.loc["equalizer", "memory_cost_pct_mean"] == 100 * (len(DOMAINS) - 1) * EQUALIZER_BYTES / BASE_BYTES
     assert tables["pair_psnr"].set_index(["method", "tx"]).loc[("tuning_retune", "VA"), "VP"] == 29.0
-    assert list(tables["mask_movement"].columns) == ["sparsity_pct", *DOMAINS, "mean"]
+    assert [c for c in tables["mask_movement"].columns if not c.endswith("_ci95")] == ["sparsity_pct", *DOMAINS, "mean"]
 
 
 def test_table_text_formats(df):
@@ -346,6 +349,28 @@ def test_new_methods_ssim_and_cross_traffic_tables(tmp_path):
                                                                              for i in range(3)]))
     assert cross.loc["no_alignment", "pair_psnr_db"] == PAIR["no_alignment"]
     assert not frames(df).skipped
+    controls = tables["controls"].set_index("method")
+    assert list(controls.index) == [*report.CONTROL_ROWS, report.SHIFT_ROW]
+    for i, d in enumerate(DOMAINS):
+        assert controls.loc["pretrained, untransformed test images", d] == pytest.approx(
+            domain_psnr("pretrained", None, i) + 3.0)
+        assert controls.loc[report.SHIFT_ROW, d] == pytest.approx(3.0)
+        assert controls.loc["base_control (tuning budget on base images)", d] == pytest.approx(
+            domain_psnr("base_control", None, i))
+
+
+def test_the_validation_table_shows_the_grid_and_the_choice(tmp_path):
+    validation = pd.DataFrame([
+        {"method": "tuning", "domain": "VA", "sparsity": "", "point": h, "setting": f'{{"tuning.lr": {lr}}}',
+         "val_psnr": v, "chosen": h == 1} for h, (lr, v) in enumerate([(0.001, 20.5), (0.01, 21.25)])])
+    df = through_csv(tidy(new=True), tmp_path)
+    masks = pd.DataFrame([{"domain": d, "sparsity": g, "seed": 0, "metric": "mask_moved_fraction", "value": 0.25}
+                          for d in DOMAINS for g in GAMMAS])
+    frames_ = report.summarise(report.Inputs(df, {}, np.zeros(0), masks, None, validation), DOMAINS)
+    cells, fmt = report.table_specs(frames_)["validation"]
+    flat = report.flat_table(cells, fmt)
+    assert list(flat.columns) == ["method", "sparsity_pct", "domain", "point", "setting", "val_psnr", "chosen"]
+    assert flat["chosen"].tolist() == ["", "chosen"] and flat["val_psnr"].tolist() == [20.5, 21.25]
 
 
 def test_tables_without_new_metrics_are_left_out_and_said_so(df):

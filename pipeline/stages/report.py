@@ -17,6 +17,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -30,6 +31,7 @@ from ..config import Params  # noqa: E402
 from ..data import DataError, grid  # noqa: E402
 from ..metrics import FIELDS, ordered_pairs  # noqa: E402
 from ..paths import Paths  # noqa: E402
+from ..selection import Trial, choose  # noqa: E402
 from ..stats import mean_ci  # noqa: E402
 from ..tracking import Tracker  # noqa: E402
 from . import provenance, run, save_figure, write_text  # noqa: E402
@@ -59,6 +61,7 @@ class Inputs:
     reconstructions: np.ndarray  # uint8 (domains, 4, n, 32, 32, 3)
     masks: pd.DataFrame         # sam cells, tidy: domain, sparsity, metric (mask_moved_fraction), value
     per_image: claims.PerImage | None = None  # evaluate's per-image values, when it wrote them
+    validation: pd.DataFrame | None = None  # evaluate's validation.csv (the search grid), when it wrote one
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -139,14 +142,20 @@ def check_complete(df: pd.DataFrame, params: Params, source: Path) -> None:
 
 
 def read_masks(params: Params, paths: Paths) -> pd.DataFrame:
-    """How far each sam mask moved from its initial top-k (SPEC.md asks to report it)."""
+    """How far each sam mask moved from its initial top-k (SPEC.md asks to report it), per seed, at the
+    grid point chosen on validation data."""
     rows = []
+    sam = SimpleNamespace(USES_SPARSITY=True)
+    try:
+        chosen = choose(params, paths, "sam", sam)
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"report: sam cells unusable ({type(err).__name__}: {err}); re-run adapt_sam") from None
     for sparsity in params.adapt.sparsities:
-        for domain in params.domains.names:
-            path = paths.cell("sam", domain, sparsity).metrics
+        for domain, seed in ((d, s) for d in params.domains.names for s in range(params.adapt.seeds)):
+            path = paths.cell("sam", domain, sparsity, Trial(seed, chosen[(domain, sparsity)]).tag).metrics
             try:
                 details = json.loads(path.read_text())["details"]
-                rows.append({"domain": domain, "sparsity": sparsity, "metric": "mask_moved_fraction",
+                rows.append({"domain": domain, "sparsity": sparsity, "seed": seed, "metric": "mask_moved_fraction",
                              "value": float(details["mask_moved_fraction"])})
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 raise DataError(f"report: sam cell {path} unusable ({type(err).__name__}: {err}); "
@@ -187,7 +196,9 @@ def read_inputs(params: Params, paths: Paths) -> Inputs:
     if recon.dtype != np.uint8 or recon.ndim != 6 or recon.shape[:2] != want or recon.shape[3:] != (32, 32, 3):
         raise DataError(f"report: {paths.reconstructions} has {recon.dtype} {recon.shape}; expected uint8 "
                         f"({want[0]}, {want[1]}, n, 32, 32, 3); re-run evaluate")
-    return Inputs(tidy, summary, recon, read_masks(params, paths), read_per_image(paths))
+    validation = (pd.read_csv(paths.validation_csv, dtype={"setting": str, "sparsity": str}, keep_default_na=False)
+                  if paths.validation_csv.is_file() else None)
+    return Inputs(tidy, summary, recon, read_masks(params, paths), read_per_image(paths), validation)
 
 
 # ---------------------------------------------------------------------------- frames over seeds
@@ -213,6 +224,8 @@ class Frames:
     mask_movement: Cells   # sam sparsity x domain (+ mean): fraction of kept entries not in the initial mask
     memory_per_domain: Cells  # variant x domain: stored bytes (the PSNR-vs-bytes figure)
     skipped: list[str] = field(default_factory=list)  # what was left out, and why (logged)
+    controls: Cells | None = None  # the two controls x domain (+ mean); None without source_psnr
+    validation: Cells | None = None  # the search grid: validation PSNR per point, the chosen one
 
 
 def _metric(df: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -255,6 +268,45 @@ def _wide(df: pd.DataFrame, metric: str, rows: list[str], columns: str, order: l
 
 def _has(df: pd.DataFrame, metric: str) -> bool:
     return bool((df["metric"] == metric).any())
+
+
+# The controls that separate adaptation from undertraining (README "Protocol"): (a) the paired shift, the
+# pretrained model on the same test images before and after the domain's transform; (b) base_control,
+# the pretrained model trained with the tuning budget on base images.
+CONTROL_ROWS = {"pretrained, untransformed test images": ("pretrained", "source_psnr"),
+                "pretrained": ("pretrained", "domain_psnr"),
+                "base_control (tuning budget on base images)": ("base_control", "domain_psnr")}
+SHIFT_ROW = "paired shift (untransformed − transformed)"
+
+
+def controls(df: pd.DataFrame, domains: list[str]) -> Cells | None:
+    """Domain PSNR of the controls, per domain, with the paired shift; None without source_psnr rows."""
+    if not _has(df, "source_psnr"):
+        return None
+    parts = [df[(df["method"] == m) & (df["metric"] == metric)].assign(method=label, metric="psnr")
+             for label, (m, metric) in CONTROL_ROWS.items()]
+    rows = pd.concat([p for p in parts if not p.empty])
+    rows["method"] = pd.Categorical(rows["method"], categories=list(CONTROL_ROWS), ordered=True)
+    cells = _wide(rows, "psnr", KEY, "domain", domains)
+    mean, ci = cells.mean.reset_index(), cells.ci.reset_index()
+    labels = list(CONTROL_ROWS)
+    shift = mean[mean.method == labels[0]].iloc[0].copy()
+    for c in [*domains, "mean"]:
+        shift[c] = float(shift[c]) - float(mean[mean.method == labels[1]].iloc[0][c])
+    shift["method"] = SHIFT_ROW
+    no_ci = {**{c: float("nan") for c in [*domains, "mean"]}, "method": SHIFT_ROW, "sparsity": shift["sparsity"]}
+    mean = pd.concat([mean.astype({"method": object}), shift.to_frame().T], ignore_index=True)
+    ci = pd.concat([ci.astype({"method": object}), pd.DataFrame([no_ci])], ignore_index=True)
+    return Cells(mean.set_index(KEY).astype(float), ci.set_index(KEY).astype(float))
+
+
+def validation_cells(validation: pd.DataFrame | None) -> Cells | None:
+    """The search grid as evaluate chose from it (validation PSNR, mean over seeds; the chosen point)."""
+    if validation is None or validation.empty:
+        return None
+    v = validation.assign(chosen=validation["chosen"].map(lambda c: "chosen" if str(c) == "True" else ""))
+    v["sparsity"] = pd.to_numeric(v["sparsity"].replace("", float("nan")))
+    return Cells(v.set_index(["method", "sparsity", "domain", "point"])[["setting", "val_psnr", "chosen"]])
 
 
 def memory_network(df: pd.DataFrame, domains: int) -> Cells:
@@ -303,11 +355,13 @@ def summarise(inputs: Inputs, domains: list[str]) -> Frames:
     if has_cross:  # per variant that has cross traffic, means over ordered pairs
         crossed = df[df["variant"].isin(set(_metric(df, "cross_psnr")["variant"]))]
         cross_traffic = _cells({CROSS_COLUMNS[m]: _per_seed(crossed, m, KEY) for m in CROSS_COLUMNS if _has(df, m)})
-    masks = inputs.masks.assign(seed=DEFAULT_SEED)  # one mask per cell: no seeds to aggregate
-    mask_movement = Cells(_wide(masks, "mask_moved_fraction", ["sparsity"], "domain", domains).mean)
+    mask_movement = _wide(inputs.masks, "mask_moved_fraction", ["sparsity"], "domain", domains)
     memory_per_domain = _wide(df, "memory_bytes", KEY, "domain", domains, mean_column=False)
+    if not _has(df, "source_psnr"):
+        skipped.append("tables/controls: evaluation.csv has no source_psnr rows")
     return Frames(main, domain_psnr, domain_ssim, misalignment, memory, pair_psnr, cross_traffic,
-                  memory_network(df, len(domains)), mask_movement, memory_per_domain, skipped)
+                  memory_network(df, len(domains)), mask_movement, memory_per_domain, skipped,
+                  controls(df, domains), validation_cells(inputs.validation))
 
 
 def variant_rows(frame: pd.DataFrame, method: str) -> pd.DataFrame:
@@ -343,6 +397,8 @@ def table_specs(frames: Frames) -> dict[str, tuple[Cells, dict[str, str]]]:
         "pair_psnr": (frames.pair_psnr, formats(frames.pair_psnr, DB)),
         "cross_traffic": (frames.cross_traffic, formats(frames.cross_traffic, DB) if frames.cross_traffic else {}),
         "mask_movement": (frames.mask_movement, formats(frames.mask_movement, PCT)),
+        "controls": (frames.controls, formats(frames.controls, DB) if frames.controls else {}),
+        "validation": (frames.validation, {"sparsity_pct": GAMMA, "val_psnr": DB, "point": "d"}),
     }
     return {name: spec for name, spec in specs.items() if spec[0] is not None}
 
