@@ -22,6 +22,18 @@ def latent_channels(bandwidth_ratio: float) -> int:
     return max(1, round(bandwidth_ratio * source / LATENT_HW**2))
 
 
+def bandwidth_note(bandwidth_ratio: float) -> str:
+    """The bandwidth in both conventions: real symbols per source value (k/n in real channel uses, as
+    params give it) and k/n in complex channel uses (two real symbols each: the DeepJSCC papers')."""
+    c = latent_channels(bandwidth_ratio)
+    k, n = c * LATENT_HW**2, math.prod(IMAGE_SHAPE)
+    g = math.gcd(k, n)
+    g2 = math.gcd(k // 2, n) if k % 2 == 0 else 1
+    complex_ratio = f"{k // 2 // g2}/{n // g2}" if k % 2 == 0 else f"{k}/{2 * n}"
+    return (f"{k} real symbols per {n} source values ({c}x{LATENT_HW}x{LATENT_HW} latent): k/n = {k // g}/{n // g} "
+            f"in real channel uses = {complex_ratio} in complex channel uses")
+
+
 def power_normalize(z: torch.Tensor) -> torch.Tensor:
     """Scale each image's symbols to unit mean power (the transmitter's power constraint)."""
     flat = z.flatten(1)

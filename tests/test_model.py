@@ -165,3 +165,10 @@ def test_model_trains_end_to_end():
     x = images(2)
     nn.functional.mse_loss(model(x, gen(0)), x).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_bandwidth_is_stated_in_both_conventions():
+    from pipeline.model import bandwidth_note, latent_channels
+    assert bandwidth_note(1 / 6) == ("512 real symbols per 3072 source values (8x8x8 latent): k/n = 1/6 in real "
+                                     "channel uses = 1/12 in complex channel uses")
+    assert latent_channels(0.3333333) == 16 and "= 1/6 in complex channel uses" in bandwidth_note(0.3333333)

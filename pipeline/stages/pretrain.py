@@ -7,6 +7,7 @@ import torch
 
 from ..config import Params
 from ..data import load_images, to_tensor
+from ..model import bandwidth_note
 from ..paths import Paths
 from ..train import build_model, data_fingerprint, evaluate_psnr, fingerprint, fit, save_model, setup_runtime
 from ..tracking import Tracker
@@ -71,6 +72,7 @@ def main(params: Params, paths: Paths) -> None:
         tracker.log_artifact(curve, "plots")
         write_json(paths.pretrain_json,
                    {**{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
+                    "bandwidth": bandwidth_note(params.model.bandwidth_ratio),
                     "runtime": rt, "provenance": provenance(params, paths, tracker.run_id)})
         checkpoint.unlink(missing_ok=True)
         print("pretrain: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items() if isinstance(v, float)))

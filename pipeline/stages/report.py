@@ -30,6 +30,7 @@ from .. import claims  # noqa: E402
 from ..config import Params  # noqa: E402
 from ..data import DataError, grid  # noqa: E402
 from ..metrics import FIELDS, ordered_pairs  # noqa: E402
+from ..model import bandwidth_note  # noqa: E402
 from ..paths import Paths  # noqa: E402
 from ..selection import Trial, choose  # noqa: E402
 from ..stats import mean_ci  # noqa: E402
@@ -677,7 +678,8 @@ def main(params: Params, paths: Paths) -> None:
     with Tracker(params, paths, "report") as tracker:
         prov = provenance(params, paths, tracker.run_id)
         header = (claims.provenance_line(prov) + f" · source `{paths.evaluation_csv.relative_to(out).as_posix()}` · "
-                  f"reference PSNR (pretrained Tx→Rx, base test) {inputs.summary['reference_psnr']:.2f} dB")
+                  f"reference PSNR (pretrained Tx→Rx, base test) {inputs.summary['reference_psnr']:.2f} dB · "
+                  f"bandwidth {bandwidth_note(params.model.bandwidth_ratio)}")
         written = write_tables(frames, paths.tables, header)
         written += write_figures(inputs, frames, params, paths.figures)
         for name, frame in plot_data(frames, list(params.domains.names)).items():
