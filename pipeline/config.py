@@ -220,7 +220,7 @@ class ScoreLrs(_Block):
 class Ablate(_Block):
     studies: tuple[Literal[STUDIES], ...] = Field(description="the ablate matrix; empty: no ablations")
     domains: tuple[str, ...] = Field(min_length=1, description="among domains.names")
-    sparsity: Annotated[float, Field(gt=0, le=1)] = Field(description="sparsity of the allocation and mask studies")
+    sparsity: Annotated[float, Field(gt=0, le=1)] = Field(description="sparsity of the allocation, mask and recipe studies")
     sparsities: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(min_length=3)
     snr_db: tuple[Annotated[float, Field(ge=-30, le=60)], ...] = Field(min_length=1)
     recipe_score_lrs: ScoreLrs = Field(description="score learning rates of the recipe study, per optimizer")

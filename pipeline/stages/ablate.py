@@ -323,7 +323,8 @@ def _recipe_figure(df: pd.DataFrame, sparsity: float):
         ax.set_xlabel(f"{title} PSNR gain over pretrained (dB)")
         ax.grid(alpha=0.3, axis="x")
     axes[0].set_ylabel("recipe: value grad, score optimizer, score lr, frozen epochs")
-    axes[1].get_legend().remove() if axes[1].get_legend() else None
+    if axes[1].get_legend() is not None:
+        axes[1].get_legend().remove()
     fig.suptitle(f"Ablation: sam recipe (γ={sparsity:g}); chosen on validation", fontsize=10)
     return fig
 
