@@ -260,3 +260,23 @@ def test_the_recipe_study_runs_on_tiny_params_and_chooses_on_validation(adapted)
     write_table(df, "recipe", params, adapted.paths, None, finding)
     text = (adapted.paths.ablations / "recipe.md").read_text()
     assert finding in text and "stored_mask_used" in text
+
+
+def test_the_recipe_study_reads_the_params_own_recipe_from_the_adapt_cell_and_it_matches_a_retraining(adapted):
+    import json
+    from pipeline.methods import Context
+    from pipeline.stages.ablate import RECIPE_KEYS, _recipe_row
+    from pipeline.train import setup_runtime
+    params = adapted.params
+    setup_runtime(params)
+    ctx = Context(params, adapted.paths, torch.device("cpu"), checkpoints=adapted.root / "ckpt")
+    own = {k: getattr(params.adapt, k) for k in RECIPE_KEYS}
+    s = max(params.adapt.sparsities)
+    cell = adapted.paths.cell("sam", "VH", s).metrics
+    done = json.loads(cell.read_text())
+    read = _recipe_row(ctx, "VH", s, "score", own)
+    assert read["val_psnr"] == done["details"]["val_psnr"] and read["domain_psnr"] == done["domain_psnr"]
+    assert read["stored_mask_unseen"] == done["details"]["stored_mask_unseen_fraction"] is not None
+    cell.unlink()  # no cell: trained here, and the same deterministic run gives the same numbers
+    trained = _recipe_row(ctx, "VH", s, "score", own)
+    assert trained == read
