@@ -44,6 +44,9 @@ Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
 Epochs = Annotated[int, Field(ge=1, le=10_000)]
 LearningRate = Annotated[float, Field(gt=0, le=100)]
+# Plain SGD on sam's scores takes steps of lr x |g|, |g| ~ 1e-6 (pipeline/stages/ablate.py, study recipe): it
+# needs rates far above any Adam rate to move the mask at all.
+ScoreLearningRate = Annotated[float, Field(gt=0, le=1e6)]
 
 
 def _range(lo: float, hi: float):
@@ -153,8 +156,13 @@ class Adapt(_Block):
     epochs: Epochs
     sparsities: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(min_length=1)
     allocation: Literal["linear", "uniform", "product"]
-    score_lr: LearningRate
+    score_lr: ScoreLearningRate
     value_lr: LearningRate
+    value_grad: Literal["dense", "masked"] = Field(
+        description="values' gradient: dense (straight-through g for every value) | masked (g ⊙ m, exact)")
+    score_optimizer: Literal["adam", "sgd"] = Field(description="optimizer of the scores (values: always Adam)")
+    freeze_epochs: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        description="the last N epochs train the values on the mask frozen at its top-k (scores not updated)")
     seed: Seed
     seeds: Annotated[int, Field(ge=1, le=100)] = Field(
         description="replicates: seed i (0..seeds-1) adapts with adapt.seed + i (data order, noise, init)")
@@ -210,15 +218,29 @@ class Execute(_Block):
     gpus_per_cell: Annotated[float, Field(gt=0, le=1)] = Field(description="ray on CUDA: GPU share of a cell")
 
 
-STUDIES = ("allocation", "mask", "sparsity", "snr")  # every ablation study (stage ``ablate``)
+STUDIES = ("allocation", "mask", "sparsity", "snr", "recipe")  # every ablation study (stage ``ablate``)
+
+
+class ScoreLrs(_Block):
+    """The score learning rates the ``recipe`` study tries, per score optimizer."""
+    adam: tuple[LearningRate, ...] = Field(min_length=1)
+    sgd: tuple[ScoreLearningRate, ...] = Field(min_length=1)
+
+    @field_validator("adam", "sgd")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("entries must be unique")
+        return v
 
 
 class Ablate(_Block):
     studies: tuple[Literal[STUDIES], ...] = Field(description="the ablate matrix; empty: no ablations")
     domains: tuple[str, ...] = Field(min_length=1, description="among domains.names")
-    sparsity: Annotated[float, Field(gt=0, le=1)] = Field(description="sparsity of the allocation and mask studies")
+    sparsity: Annotated[float, Field(gt=0, le=1)] = Field(description="sparsity of the allocation, mask and recipe studies")
     sparsities: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(min_length=3)
     snr_db: tuple[Annotated[float, Field(ge=-30, le=60)], ...] = Field(min_length=1)
+    recipe_score_lrs: ScoreLrs = Field(description="score learning rates of the recipe study, per optimizer")
 
     @field_validator("studies", "domains", "sparsities", "snr_db")
     @classmethod
@@ -251,10 +273,20 @@ class Params(_Block):
     search: dict[str, Grid] = Field(description="per method, dotted param -> values tried; chosen on validation "
                                     "data (pipeline/selection.py)")
 
+    def __hash__(self) -> int:  # frozen, but ``search`` holds dicts: hash the canonical JSON
+        return hash(self.model_dump_json())
+
     @model_validator(mode="after")
     def _search(self):
         from .selection import check_search
         check_search(self)
+        return self
+
+    @model_validator(mode="after")
+    def _freeze(self):
+        if self.adapt.freeze_epochs >= self.adapt.epochs:
+            raise ValueError(f"adapt.freeze_epochs = {self.adapt.freeze_epochs} must be below adapt.epochs = "
+                             f"{self.adapt.epochs} (the scores train in the epochs before the frozen ones)")
         return self
 
     @model_validator(mode="after")

@@ -199,12 +199,15 @@ def fit(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tenso
         forward: Callable[[torch.Tensor, torch.Generator], torch.Tensor], *, epochs: int, batch_size: int,
         seed: int, device: torch.device, checkpoint: Path, key: str, desc: str,
         on_epoch: Callable[[int, float], dict] | None = None, precision: str | None = None,
-        scheduler=None, clip: float = 0.0) -> list[dict]:
+        scheduler=None, clip: float = 0.0, before_epoch: Callable[[int], None] | None = None) -> list[dict]:
     """``train_one_epoch`` for each epoch not yet done, with a checkpoint after every epoch.
 
     ``module`` holds everything trained (its state_dict is checkpointed with the optimizer's);
     ``on_epoch(epoch, train_loss)`` returns extra per-epoch metrics for the history (outside
-    autocast). A checkpoint resumes only the same ``key`` trained in the same precision; it holds the
+    autocast); ``before_epoch(epoch)`` runs before each epoch that trains (0-based ``epoch``, i.e. the
+    number of epochs done), after a resume too, so a per-epoch setting (a frozen parameter) that is not in
+    the checkpoint is set the same way whether or not the run was interrupted.
+    A checkpoint resumes only the same ``key`` trained in the same precision; it holds the
     ``scheduler``'s state too. ``scheduler`` and ``clip``: as in ``train_one_epoch``.
     Returns the history (one dict per epoch), including epochs restored from the checkpoint.
     """
@@ -219,6 +222,8 @@ def fit(module: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tenso
         history, start = [dict(h) for h in state["history"]], int(state["epoch"])
         print(f"{desc}: resumed from checkpoint at epoch {start}/{epochs}", flush=True)
     for epoch in range(start, epochs):
+        if before_epoch is not None:
+            before_epoch(epoch)
         loss = train_one_epoch(module, optimizer, images, forward, epoch=epoch, seed=seed, batch_size=batch_size,
                                device=device, desc=f"{desc} epoch {epoch + 1}/{epochs}", precision=precision,
                                scheduler=scheduler, clip=clip)

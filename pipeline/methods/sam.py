@@ -54,27 +54,80 @@ def _fix_mask(ctx: Context, model, images, mask: str, seed: int) -> None:
         m.scores.requires_grad_(False)
 
 
+class _Optimizers:
+    """Several torch optimizers stepped as one (``fit`` needs zero_grad, step, param_groups and state dicts):
+    the scores' SGD beside the values' Adam."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)
+
+
+def make_optimizer(adapt, scores, values, train_scores: bool = True):
+    """Values: Adam at ``adapt.value_lr``; scores (when ``train_scores``): ``adapt.score_optimizer`` at
+    ``adapt.score_lr`` (Adam: one optimizer with two groups, the original recipe; SGD: plain, no momentum)."""
+    groups = [{"params": values, "lr": adapt.value_lr}]
+    if not train_scores:
+        return torch.optim.Adam(groups)
+    if adapt.score_optimizer == "adam":  # scores and values in separate groups with their own learning rates
+        return torch.optim.Adam([{"params": scores, "lr": adapt.score_lr}, *groups])
+    return _Optimizers(torch.optim.SGD(scores, lr=adapt.score_lr), torch.optim.Adam(groups))
+
+
 def train_sam(ctx: Context, domain: str, sparsity: float, *, allocation: str, mask: str = "score",
               tracker=None, tag: str | None = None) -> dict:
     """Adapt a fresh copy of the pretrained model to ``domain`` with a SAM; returns the model and
-    what was measured. ``mask``: score-based (the paper's), or a fixed random / Fisher mask."""
+    what was measured. ``mask``: score-based (the paper's), or a fixed random / Fisher mask.
+
+    The recipe is ``ctx.params.adapt``: the values' gradient (``value_grad``), the scores' optimizer
+    (``score_optimizer``, ``score_lr``) and ``freeze_epochs``: the last N epochs keep the scores (hence the
+    mask) fixed, so the stored top-k is the mask its values were trained with. ``stored_mask_unseen``: the
+    fraction of the stored mask's entries outside the mask of the last training forward pass (0: the
+    stored mask was used with its values; None: no epoch trained here, e.g. a completed checkpoint).
+    """
     p = ctx.params
     model = ctx.pretrained()
     base_fp = base_fingerprint(model)
-    attach_sam(model, sparsity, allocation)
+    attach_sam(model, sparsity, allocation, value_grad=p.adapt.value_grad)
     train_x, test_x = ctx.split(f"{domain}_train"), ctx.split(f"{domain}_test")
     if mask != "score":
         _fix_mask(ctx, model, train_x, mask, p.adapt.seed)
     scores, values = sam_parameters(model)
-    groups = [{"params": values, "lr": p.adapt.value_lr}]
-    if mask == "score":  # scores and values in separate groups with their own learning rates
-        groups.insert(0, {"params": scores, "lr": p.adapt.score_lr})
-    opt = torch.optim.Adam(groups)
-    initial = {n: m.mask().clone() for n, m in sam_layers(model).items()}
+    opt = make_optimizer(p.adapt, scores, values, train_scores=mask == "score")
+    layers = sam_layers(model)
+    initial = {n: m.mask().clone() for n, m in layers.items()}
+    before = {}  # the mask as the epoch starts (after a resume too: the checkpoint's)
+    frozen_from = p.adapt.epochs - p.adapt.freeze_epochs
+
+    def before_epoch(epoch):
+        before.update({n: m.mask() for n, m in layers.items()})
+        if epoch >= frozen_from:  # scores without gradient: neither optimizer touches them
+            for s in scores:
+                s.requires_grad_(False)
 
     def on_epoch(epoch, loss):
         model.eval()
-        return {"domain_psnr": ctx.psnr(ctx.self_link(model), test_x), "mask_moved": _moved(model, initial)}
+        changed = _changed({n: m.mask() for n, m in layers.items()}, before)
+        return {"domain_psnr": ctx.psnr(ctx.self_link(model), test_x), "mask_moved": _moved(model, initial),
+                "mask_changed": changed}
 
     tag = tag or cell_name(domain, sparsity)
     key = fingerprint(NAME, tag, allocation, mask, base_fp, data_fingerprint(train_x, test_x),
@@ -82,11 +135,12 @@ def train_sam(ctx: Context, domain: str, sparsity: float, *, allocation: str, ma
     start = time.perf_counter()
     history = fit(model, opt, train_x, lambda x, g: model(x, g), epochs=p.adapt.epochs,
                   batch_size=p.train.batch_size, seed=p.adapt.seed, device=ctx.device,
-                  checkpoint=ctx.checkpoint(tag), key=key, desc=f"sam {tag}", on_epoch=on_epoch)
+                  checkpoint=ctx.checkpoint(tag), key=key, desc=f"sam {tag}", on_epoch=on_epoch,
+                  before_epoch=before_epoch)
     if tracker is not None:
         tracker.log_history(history)
     return {"model": model, "base_fingerprint": base_fp, "history": history, "mask_moved": _moved(model, initial),
-            "seconds": time.perf_counter() - start}
+            "stored_mask_unseen": _unseen(model), "seconds": time.perf_counter() - start}
 
 
 def adapt(ctx: Context, domain: str, sparsity: float, out, tracker) -> dict:
@@ -104,7 +158,9 @@ def adapt(ctx: Context, domain: str, sparsity: float, out, tracker) -> dict:
             "memory_bytes": int(cost["bytes"]), "memory_cost_pct": cost["pct"],
             "details": {"val_psnr": ctx.psnr(ctx.self_link(served), ctx.split(f"{domain}_val")),
                         "kept_per_layer": kept, "kept_total": sum(kept.values()),
-                        "mask_moved_fraction": trained["mask_moved"], "train_seconds": trained["seconds"],
+                        "mask_moved_fraction": trained["mask_moved"],
+                        "stored_mask_unseen_fraction": trained["stored_mask_unseen"],
+                        "train_seconds": trained["seconds"],
                         "curve": trained["history"]}}
 
 
@@ -116,6 +172,20 @@ def _moved(model, initial) -> float:
         changed += int((now & ~initial[n]).sum())
         kept += int(now.sum())
     return changed / max(kept, 1)
+
+
+def _changed(now: dict, before: dict) -> float:
+    """Fraction of kept entries of ``now`` not kept in ``before`` (per-epoch churn)."""
+    changed = sum(int((now[n] & ~before[n]).sum()) for n in now)
+    return changed / max(sum(int(m.sum()) for m in now.values()), 1)
+
+
+def _unseen(model) -> float | None:
+    """Fraction of the stored mask (the top-k now) outside the mask of the last training forward pass."""
+    layers = sam_layers(model)
+    if any(m.last_mask is None for m in layers.values()):
+        return None
+    return _changed({n: m.mask() for n, m in layers.items()}, {n: m.last_mask for n, m in layers.items()})
 
 
 def empty_state(model) -> SAMState:

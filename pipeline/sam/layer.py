@@ -6,24 +6,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class _MaskedValues(torch.autograd.Function):
-    """delta = mask ⊙ values, with a straight-through backward.
+VALUE_GRADS = ("dense", "masked")  # adapt.value_grad: the values' gradient in the backward of m ⊙ v
 
-    The backward treats the mask as the identity for both inputs of the product:
-    grad_scores = g * values, grad_values = g. With the exact grad_values = g * mask,
-    masked-out values would stay 0 and so would their scores' gradient g * values:
-    the mask could never grow. Letting every value learn makes the scores move.
+
+class _MaskedValues(torch.autograd.Function):
+    """delta = mask ⊙ values, with a straight-through backward for the scores.
+
+    grad_scores = g * values (the straight-through estimator of the top-k's derivative). The values'
+    gradient is ``dense`` (straight-through as well: grad_values = g for every entry) or ``masked``
+    (the exact gradient of W0 + m ⊙ v: grad_values = g * m). With the exact one, masked-out values
+    stay 0 and so does their scores' gradient g * values: an entry outside the mask can enter it only
+    when a kept one's score falls below it. The dense one lets every value learn, so the scores of
+    masked-out entries move too (and values outside the mask change without ever being used).
     """
 
     @staticmethod
-    def forward(ctx, scores: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-        ctx.save_for_backward(values)
+    def forward(ctx, scores: Tensor, values: Tensor, mask: Tensor, masked: bool = False) -> Tensor:
+        if masked:
+            ctx.save_for_backward(values, mask)
+        else:
+            ctx.save_for_backward(values)
         return values * mask
 
     @staticmethod
     def backward(ctx, g: Tensor):
+        if len(ctx.saved_tensors) == 2:
+            values, mask = ctx.saved_tensors
+            return g * values, g * mask, None, None
         (values,) = ctx.saved_tensors
-        return g * values, g, None
+        return g * values, g, None, None
 
 
 def _adaptable(m: nn.Module) -> bool:
@@ -36,7 +47,9 @@ class SAMLayer(nn.Module):
     """One base layer plus its sparse delta. The base's parameters are never written.
 
     mode "train": trainable `scores` and `values` (weight-shaped); the mask is the
-    top-k of the scores. mode "stored": sorted int64 `indices` and their `values`
+    top-k of the scores; `value_grad` ("dense" or "masked", see `_MaskedValues`) is the values'
+    gradient; `last_mask` is the mask of the last forward pass that recorded gradients (None before
+    one): the mask the values were last trained with. mode "stored": sorted int64 `indices` and their `values`
     (kept in the dtype they came in); the effective weight is a merged copy of W0,
     cached, so serving costs the same as the base. `enabled=False` runs the very
     `base.weight` tensor, i.e. the base model bit for bit.
@@ -46,12 +59,16 @@ class SAMLayer(nn.Module):
     # tensors are W0, so a model hashes the same with or without SAM on it.
     wraps_base = True
 
-    def __init__(self, base: nn.Module, k: int | None = None):
+    def __init__(self, base: nn.Module, k: int | None = None, value_grad: str = "dense"):
         super().__init__()
         if not _adaptable(base):
             raise TypeError(f"SAM adapts Conv2d, ConvTranspose2d or Linear, not {type(base).__name__}")
+        if value_grad not in VALUE_GRADS:
+            raise ValueError(f"value_grad {value_grad!r} must be one of {list(VALUE_GRADS)}")
         self.base = base.requires_grad_(False)
         self.enabled = True
+        self.value_grad = value_grad
+        self.last_mask: Tensor | None = None
         self.register_buffer("indices", None, persistent=False)
         self._merged: Tensor | None = None
         self._merged_key: tuple | None = None
@@ -97,6 +114,7 @@ class SAMLayer(nn.Module):
         self.register_buffer("values", values.detach().to(w.device, copy=True), persistent=False)
         self.indices = indices.detach().to(w.device, torch.long, copy=True)
         self.mode, self.k = "stored", int(indices.numel())
+        self.last_mask = None
         self._merged_key = None
         self._stored_weight()
 
@@ -118,7 +136,10 @@ class SAMLayer(nn.Module):
             return w
         if self.mode == "stored":
             return self._stored_weight()
-        return w + _MaskedValues.apply(self.scores, self.values, self.mask())
+        mask = self.mask()
+        if torch.is_grad_enabled():
+            self.last_mask = mask
+        return w + _MaskedValues.apply(self.scores, self.values, mask, self.value_grad == "masked")
 
     def forward(self, x: Tensor) -> Tensor:
         b, w = self.base, self.effective_weight()
@@ -129,4 +150,5 @@ class SAMLayer(nn.Module):
         return F.linear(x, w, b.bias)
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, k={self.k}, enabled={self.enabled}"
+        grad = f", value_grad={self.value_grad}" if self.mode == "train" else ""
+        return f"mode={self.mode}, k={self.k}, enabled={self.enabled}{grad}"

@@ -52,15 +52,16 @@ def layer_budgets(model: nn.Module, sparsity: float, allocation: str = "linear")
     return allocate_budget(dims, sparsity, allocation)
 
 
-def attach_sam(model: nn.Module, sparsity: float, allocation: str = "linear") -> nn.Module:
-    """Wrap every adaptable layer in place (training mode), freeze all base parameters."""
+def attach_sam(model: nn.Module, sparsity: float, allocation: str = "linear", value_grad: str = "dense") -> nn.Module:
+    """Wrap every adaptable layer in place (training mode), freeze all base parameters; ``value_grad``:
+    the values' gradient, straight-through ``dense`` or the exact ``masked`` (``SAMLayer``)."""
     layers = _layers(model)
     if not layers or any(isinstance(m, SAMLayer) for m in layers.values()):
         raise ValueError("model has no adaptable layer or already carries SAM")
     model.requires_grad_(False)
     budget = layer_budgets(model, sparsity, allocation)
     for n, m in layers.items():
-        _replace(model, n, SAMLayer(m, budget[n]))
+        _replace(model, n, SAMLayer(m, budget[n], value_grad))
     _remember_layers(model)
     return model
 
