@@ -150,7 +150,7 @@ def measure_precision_psnr(params: Params, s: Settings, *, device="cpu") -> dict
     the budget's run-to-run spread to read the bf16 - fp32 difference against. The fp32 and bf16
     epochs alternate; their wall time is kept as a second throughput figure."""
     dev = torch.device(device)
-    train_np, test_np = builtin_pools(params, Paths.of(params), s.psnr_images, s.psnr_test_images)
+    train_np, test_np, _ = builtin_pools(params, Paths.of(params), s.psnr_images, s.psnr_test_images)
     train_x, test_x = to_tensor(train_np), to_tensor(test_np)
     seed = params.pretrain.seed
     plan = {"fp32": ("fp32", seed), "bf16": ("bf16", seed), "fp32_reseeded": ("fp32", seed + 1)}  # precision, seed

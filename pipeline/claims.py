@@ -397,13 +397,35 @@ def headline_improvement(df: pd.DataFrame, evaluate_json: dict, per_image: PerIm
         f"up to {est.text('%')} ({domain}, vs {baseline}) at {gamma_pct(gamma)}; paper: {PAPER_HEADLINE_PCT} %")
 
 
+def zf_switch_off_exact(df: pd.DataFrame, evaluate_json: dict, per_image: PerImage | None = None) -> dict:
+    rows = df[df["metric"] == "switch_off_exact"]
+    by = rows.groupby(["variant", "seed"], observed=True)["value"].min()
+    broken = [f"{v} (seed {s})" for (v, s), ok in by.items() if ok != 1.0]
+    methods = sorted({str(m) for m in rows["method"]})
+    line = (f"{len(by)} cells of {', '.join(methods)}: every link switched off = W0 bit for bit" if not broken
+            else "not bit for bit: " + ", ".join(broken))
+    return _entry(
+        "ZF", GUARANTEE, "every zero-forget method, switched off, computes with W0 bit for bit",
+        "For every method that claims exact switch-off (SWITCH_OFF_EXACT: sam, lora, delta_topk, bitfit), every "
+        "evaluated cell (γ, seed) and every ordered pair of agents (the base agent included): the outputs of "
+        "A's Tx → B's Rx after the alignment step equal the pretrained link's outputs exactly (torch.equal) on "
+        f"the first {EXACT_IMAGES_NOTE} base test images with the evaluation noise. PASS iff every cell holds.",
+        {"cells_checked": int(len(by)), "methods": methods, "broken": broken}, not broken, line)
+
+
+EXACT_IMAGES_NOTE = 256  # pipeline/stages/evaluate.py EXACT_IMAGES (the check's images)
+
 CLAIMS = (c1_zero_misalignment, c2_memory_below_one_percent, c3_close_to_tuning, c4_alignment_is_paid,
           c5_improves_on_pretrained, headline_improvement)
 
 
 def check_all(df: pd.DataFrame, evaluate_json: dict, per_image: PerImage | None = None) -> list[dict]:
-    """Every claim's entry, in the paper's order."""
-    return [claim(df, evaluate_json, per_image) for claim in CLAIMS]
+    """Every claim's entry, in the paper's order; ZF (the switch-off check of every zero-forget method)
+    when evaluate measured it (an evaluate before the check has no such rows)."""
+    entries = [claim(df, evaluate_json, per_image) for claim in CLAIMS]
+    if (df["metric"] == "switch_off_exact").any():
+        entries.insert(1, zf_switch_off_exact(df, evaluate_json, per_image))
+    return entries
 
 
 def failed_guarantees(entries: list[dict]) -> list[str]:

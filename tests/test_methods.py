@@ -443,3 +443,31 @@ def test_ablation_finding_names_a_tie_instead_of_a_zero_margin():
     assert _best(pd.Series({"linear": 24.101, "uniform": 24.104, "product": 24.104})) == \
         "tie at 24.10 dB between linear, uniform, product"
     assert _best(pd.Series({"score": 23.0, "random": 23.5, "fisher": 23.502})) == "tie at 23.50 dB between random, fisher"
+
+
+def test_switch_off_is_checked_bit_for_bit_on_every_zero_forget_cell(adapted):
+    """Claim ZF (a guarantee: fails CI): every cell of every SWITCH_OFF_EXACT method is checked, and a
+    variant whose switched-off link differs from W0 by one ulp is caught."""
+    import pandas as pd
+
+    from pipeline import claims
+    from pipeline.methods import registry
+    from pipeline.stages.evaluate import all_variants, switch_off_exact
+    ctx = context(adapted)
+    base_test = ctx.split("base_test")
+    exact = {n for n, m in registry().items() if getattr(m, "SWITCH_OFF_EXACT", False)}
+    assert exact == {"sam", "lora", "delta_topk", "bitfit"}
+    checked = [v for v in all_variants(ctx) if v.method in exact]
+    assert len(checked) == 3 * len(ADAPTED_SPARSITIES) + 1
+    assert all(switch_off_exact(ctx, v, base_test) for v in checked)
+    v = checked[0]
+    nudged = Variant(v.method, v.sparsity, v.local, lambda a, b: (lambda x, g: torch.nextafter(
+        v.pair(a, b)(x, g), torch.tensor(2.0))), v.memory_bytes)
+    assert not switch_off_exact(ctx, nudged, base_test)
+    rows = pd.DataFrame([{"method": v.method, "variant": f"{v.method} {v.sparsity}", "seed": 0,
+                          "metric": "switch_off_exact", "value": float(ok)} for v, ok in ((checked[0], True),
+                                                                                       (checked[1], False))])
+    entry = claims.zf_switch_off_exact(rows, {})
+    assert entry["status"] == claims.FAIL and entry["measured"]["broken"] == [f"{checked[1].method} "
+                                                                             f"{checked[1].sparsity} (seed 0)"]
+    assert claims.zf_switch_off_exact(rows.iloc[:1], {})["status"] == claims.PASS

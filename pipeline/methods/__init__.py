@@ -3,6 +3,8 @@
 A method module defines:
 
 - ``NAME`` (str) and ``USES_SPARSITY`` (bool: its cells run over ``adapt.sparsities`` too);
+- optionally ``SWITCH_OFF_EXACT = True``: its agents, switched off to talk, compute with W0 bit for bit
+  (the evaluate stage checks it on every cell and seed; claim ZF fails CI when one does not);
 - ``PARAMS``: the dotted param keys a cell's result depends on (its content key; dvc.yaml's stage
   lists the same), and optionally ``NEEDS``: methods whose outputs its cells read, and ``PER_DOMAIN``
   (default True; False: its result does not depend on the domain, so the adapt stage runs one cell,

@@ -25,6 +25,7 @@ from . import BASE_AGENT, Context, Variant
 
 NAME = "bitfit"
 USES_SPARSITY = False
+SWITCH_OFF_EXACT = True  # switched off, every agent computes with W0 bit for bit (claim ZF checks it)
 PARAMS = ("model", "train", "adapt.epochs", "adapt.seed", "bitfit", "evaluate.noise_seed", "evaluate.snr_db")
 
 

@@ -27,6 +27,7 @@ from .tuning import tuned_path
 
 NAME = "delta_topk"
 USES_SPARSITY = True
+SWITCH_OFF_EXACT = True  # switched off, every agent computes with W0 bit for bit (claim ZF checks it)
 NEEDS = ("tuning",)  # its cells read the domain's tuned agent (the adapt_tuning stage's outputs)
 PARAMS = ("model", "train", "adapt.allocation", "adapt.seed", "delta_topk", "evaluate.noise_seed",
           "evaluate.snr_db")

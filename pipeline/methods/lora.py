@@ -54,6 +54,7 @@ from . import BASE_AGENT, Context, Variant
 
 NAME = "lora"
 USES_SPARSITY = True  # the budget follows sam's file at each γ
+SWITCH_OFF_EXACT = True  # switched off, every agent computes with W0 bit for bit (claim ZF checks it)
 NEEDS = ("sam",)  # its cells read sam's file of the same domain and γ (the byte target)
 PARAMS = ("model", "train", "adapt.epochs", "adapt.seed", "lora", "evaluate.noise_seed", "evaluate.snr_db")
 ADAPTER = "default"  # peft's adapter name

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..config import Params
-from ..methods import Context, Variant, registry
+from ..methods import BASE_AGENT, Context, Variant, registry
 from ..metrics import (FIELDS, Quality, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs, per_image_key,
                        write_per_image)
 from ..paths import Paths
@@ -48,6 +48,21 @@ def all_variants(ctx: Context, reference: bool = True) -> list[Variant]:
         for s in (ctx.params.adapt.sparsities if module.USES_SPARSITY else (None,)):
             out += module.variants(ctx, s)
     return out
+
+
+EXACT_IMAGES = 256  # base test images of the bit-for-bit switch-off check
+
+
+@torch.no_grad()
+def switch_off_exact(ctx: Context, variant: Variant, base_test: torch.Tensor) -> bool:
+    """Every link of the variant after its alignment step (every ordered pair of agents, the base agent
+    included) gives the pretrained link's outputs bit for bit, on the same images and noise."""
+    pre = ctx.pretrained()
+    x = base_test[:EXACT_IMAGES].to(ctx.device).float() / 255
+    gen = lambda: torch.Generator(device=ctx.device).manual_seed(ctx.params.evaluate.noise_seed)  # noqa: E731
+    want = ctx.link(pre, pre)(x, gen())
+    agents = [BASE_AGENT, *ctx.params.domains.names]
+    return all(torch.equal(variant.pair(a, b)(x, gen()), want) for a in agents for b in agents if a != b)
 
 
 def measure(ctx: Context, variant: Variant, reference: float, base_bytes: int,
@@ -81,6 +96,8 @@ def measure(ctx: Context, variant: Variant, reference: float, base_bytes: int,
         row("misalignment", misalignment(reference, q.mean_psnr), "dB", domain="base", tx=a, rx=b)
     for (a, b), q in ctx.pair_qualities(variant, pairs, lambda a: ctx.split(f"{a}_test")).items():
         quality_rows("cross", q, a, a, b)
+    if getattr(registry().get(variant.method), "SWITCH_OFF_EXACT", False):
+        row("switch_off_exact", float(switch_off_exact(ctx, variant, base_test)), "1", domain="base")
     if variant.method == "pretrained":  # the paired-shift control: the same test images before the transform
         for d in names:
             quality_rows("source", ctx.quality(variant.local(d), ctx.split(f"{d}_test_source")), d, d, d)
