@@ -58,7 +58,7 @@ def test_a_grid_key_outside_the_methods_params_is_refused(tiny_params):
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, tiny_splits, mlflow_template):
-    """A tiny project adapted with 2 seeds and a 2-point tuning grid (every method, then evaluate)."""
+    """A tiny project adapted with 2 seeds and 2-point tuning and sam grids (every method, then evaluate)."""
     import shutil
 
     import torch
@@ -74,7 +74,8 @@ def searched(tmp_path_factory, tiny_splits, mlflow_template):
     raw = adapted_raw(shrink(profile.render("quick")))
     raw["adapt"]["seeds"] = 2
     raw["adapt"]["sparsities"] = [0.1]
-    raw["search"] = {"tuning": {"tuning.lr": [0.0003, 0.03]}}
+    raw["search"] = {"tuning": {"tuning.lr": [0.0003, 0.03]}, "sam": {"adapt.value_lr": [0.003, 0.1]}}
+    raw["ablate"]["sparsity"] = 0.1
     proj = Project(root, raw)
     proj.write_params()
     for name, arr in tiny_splits.items():
@@ -135,7 +136,8 @@ def test_evaluate_measures_every_seed_at_the_chosen_point_and_writes_the_grid(se
     assert len(tuning) == 2 * len(params.domains.names)
     assert sum(r["chosen"] == "True" for r in tuning) == len(params.domains.names)
     assert {json.loads(r["setting"])["tuning.lr"] for r in tuning} == {0.0003, 0.03}
-    assert all(r["setting"] == "(as params)" for r in grid if r["method"] == "sam")
+    assert all(r["setting"] == "(as params)" for r in grid if r["method"] == "equalizer")
+    assert {json.loads(r["setting"])["adapt.value_lr"] for r in grid if r["method"] == "sam"} == {0.003, 0.1}
     # tuning_copy's domain PSNR of seed s is the chosen point's tuned agent of seed s on the test images
     from pipeline.stages.adapt import method_module
     chosen = selection.choose(params, paths, "tuning", method_module("tuning"))
@@ -144,3 +146,29 @@ def test_evaluate_measures_every_seed_at_the_chosen_point_and_writes_the_grid(se
             cell = json.loads(paths.cell("tuning", r["domain"], None,
                                          Trial(int(r["seed"]), chosen[(r["domain"], None)]).tag).metrics.read_text())
             assert float(r["value"]) == pytest.approx(cell["domain_psnr"], abs=1e-5)
+
+
+def test_the_mask_study_gives_every_mask_sams_grid_and_chooses_on_validation(searched):
+    """The score mask is the main grid's cell at its chosen point; the random and Fisher masks are
+    trained at every point of the same grid and chosen the same way, on validation PSNR only."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from pipeline.methods import Context
+    from pipeline.stages.adapt import method_module
+    from pipeline.stages.ablate import study
+    params, paths = searched.params, searched.paths
+    s = params.ablate.sparsity
+    chosen = selection.choose(params, paths, "sam", method_module("sam"))
+    df, finding, fig = study(Context(params, paths, torch.device("cpu")), "mask")
+    plt.close(fig)
+    assert len(df) == 3 * len(params.ablate.domains)
+    for r in df.itertuples():
+        vals = [float(part.rsplit(": ", 1)[1]) for part in r.validation.split("; ")]
+        assert len(vals) == 2 and r.point == max(range(2), key=lambda h: (vals[h], -h))
+        assert round(r.val_psnr, 3) == vals[r.point]
+        if r.mask == "score":
+            assert r.point == chosen[(r.domain, s)]
+            cell = json.loads(paths.cell("sam", r.domain, s, Trial(0, r.point).tag).metrics.read_text())
+            assert r.domain_psnr == cell["domain_psnr"] and r.val_psnr == cell["details"]["val_psnr"]
+    assert "paired bootstrap" in finding and "vs random" in finding and "vs fisher" in finding

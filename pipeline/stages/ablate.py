@@ -26,14 +26,17 @@ import shutil
 import statistics
 
 import pandas as pd
+import torch
 
 from ..config import ConfigError, Params, parse
 from ..methods import BASE_AGENT, Context
-from ..methods.sam import train_sam
+from ..methods.sam import sam_path, train_sam
 from ..metrics import misalignment, ordered_pairs
 from ..model import CHANNELS
 from ..paths import Paths
-from ..sam import install_sam, layer_budgets, sam_state
+from ..sam import install_sam, layer_budgets, load_sam, sam_state
+from ..selection import Trial, grid_points, trial_params
+from ..stats import paired_bootstrap
 from ..tracking import Tracker
 from ..train import setup_runtime
 from . import provenance, run, save_figure, write_text
@@ -120,21 +123,68 @@ def network_main(params: Params, paths: Paths) -> None:
 
 
 # ------------------------------------------------------------------------------------------ studies
-def _train_eval(ctx: Context, domain: str, sparsity: float, allocation: str, mask: str) -> dict:
-    """Domain PSNR of a SAM trained with these settings: read from the ``adapt_sam`` cell when the
-    main grid already trained exactly this one (same code, data, params), else trained here."""
-    p = ctx.params.adapt
-    cell = ctx.paths.cell("sam", domain, sparsity).metrics
-    if (allocation, mask) == (p.allocation, "score") and sparsity in p.sparsities and cell.is_file():
-        done = json.loads(cell.read_text())
-        return {"domain": domain, "sparsity": sparsity, "allocation": allocation, "mask": mask,
-                "domain_psnr": done["domain_psnr"], "mask_moved": done["details"]["mask_moved_fraction"]}
-    trained = train_sam(ctx, domain, sparsity, allocation=allocation, mask=mask,
-                        tag=f"ablate-{domain}-{sparsity:g}-{allocation}-{mask}")
-    model = install_sam(trained["model"], sam_state(trained["model"]))  # the fp16 values a file would hold
-    return {"domain": domain, "sparsity": sparsity, "allocation": allocation, "mask": mask,
-            "domain_psnr": ctx.psnr(ctx.self_link(model), ctx.split(f"{domain}_test")),
-            "mask_moved": trained["mask_moved"]}
+def _sam_at(ctx: Context, domain: str, sparsity: float, allocation: str, mask: str, h: int, point: dict):
+    """The stored (fp16) SAM of seed 0 at sam's grid point ``h`` and its churn: the ``adapt_sam`` cell's
+    file when the main grid trained exactly this one (same code, data, params), else trained here."""
+    c = dataclasses.replace(ctx, params=trial_params(ctx.params, point, 0), trial=Trial(0, h), chosen={})
+    p = c.params.adapt
+    cell = c.cell("sam", domain, sparsity)
+    if (allocation, mask) == (p.allocation, "score") and sparsity in p.sparsities and cell.metrics.is_file():
+        done = json.loads(cell.metrics.read_text())
+        served = install_sam(c.pretrained(), load_sam(sam_path(c, domain, sparsity), c.pretrained()))
+        return c, served, done["details"]["mask_moved_fraction"]
+    trained = train_sam(c, domain, sparsity, allocation=allocation, mask=mask,
+                        tag=f"ablate-{domain}-{sparsity:g}-{allocation}-{mask}" + (f"-h{h}" if h else ""))
+    return c, install_sam(trained["model"], sam_state(trained["model"])), trained["mask_moved"]
+
+
+def _train_eval(ctx: Context, domain: str, sparsity: float, allocation: str, mask: str
+                ) -> tuple[dict, torch.Tensor]:
+    """The row of a SAM trained with these settings at sam's grid point chosen on validation PSNR
+    (``search.sam``; every variant gets the same grid, as in the main comparison), and the chosen
+    SAM's per-image test PSNR. Test numbers are measured for the chosen point only."""
+    points = grid_points(ctx.params, "sam")
+    best = None
+    tried = []
+    for h, point in enumerate(points):
+        c, model, moved = _sam_at(ctx, domain, sparsity, allocation, mask, h, point)
+        val = c.psnr(c.self_link(model), c.split(f"{domain}_val"))
+        tried.append(f"{json.dumps(point, sort_keys=True) if point else '(as params)'}: {val:.3f}")
+        if best is None or val > best[0]:
+            best = (val, h, point, c, model, moved)
+    val, h, point, c, model, moved = best
+    test = c.quality(c.self_link(model), c.split(f"{domain}_test"), ssim=False)
+    return ({"domain": domain, "sparsity": sparsity, "allocation": allocation, "mask": mask,
+             "point": h, "val_psnr": val, "domain_psnr": test.mean_psnr, "mask_moved": moved,
+             "validation": "; ".join(tried)}, test.psnr)
+
+
+def _rows(ctx: Context, settings) -> tuple[pd.DataFrame, dict]:
+    """The study's rows, one per (domain, sparsity, allocation, mask), and their per-image test PSNR."""
+    rows, per_image = [], {}
+    for d, s, alloc, m in settings:
+        row, psnrs = _train_eval(ctx, d, s, alloc, m)
+        rows.append(row)
+        per_image[(d, s, alloc, m)] = psnrs
+    return pd.DataFrame(rows), per_image
+
+
+def _mask_differences(df: pd.DataFrame, per_image: dict) -> tuple[pd.DataFrame, str]:
+    """Per domain: score minus random / Fisher test PSNR, a paired bootstrap over test images."""
+    rows, verdicts = [], []
+    for r in df[df["mask"] == "score"].itertuples():
+        for fixed in ("random", "fisher"):
+            ci = paired_bootstrap(per_image[(r.domain, r.sparsity, r.allocation, "score")],
+                                  per_image[(r.domain, r.sparsity, r.allocation, fixed)])
+            says = "beats" if ci.lo > 0 else ("loses to" if ci.hi < 0 else "cannot be told from")
+            rows.append({"domain": r.domain, "versus": fixed, "difference_db": ci.mean, "ci95_lo": ci.lo,
+                         "ci95_hi": ci.hi, "score_mask": says})
+            verdicts.append(f"{r.domain} vs {fixed}: {ci.mean:+.2f} dB [{ci.lo:+.2f}, {ci.hi:+.2f}] ({says})")
+    diffs = pd.DataFrame(rows)
+    every = bool(len(diffs)) and (diffs.score_mask == "beats").all()
+    return diffs, ("Score mask minus fixed mask on test images (95 % paired bootstrap over images): "
+                   + "; ".join(verdicts) + f". The score mask {'beats' if every else 'does not beat'} both "
+                   "fixed masks on every domain.")
 
 
 def study(ctx: Context, name: str) -> tuple[pd.DataFrame, str, object]:
@@ -142,15 +192,15 @@ def study(ctx: Context, name: str) -> tuple[pd.DataFrame, str, object]:
     pre = ctx.pretrained()
     pretrained = {d: ctx.psnr(ctx.self_link(pre), ctx.split(f"{d}_test")) for d in a.domains}
     if name == "allocation":
-        df = pd.DataFrame([_train_eval(ctx, d, a.sparsity, alloc, "score") for d in a.domains
-                           for alloc in ("linear", "uniform", "product")])
+        df, _ = _rows(ctx, [(d, a.sparsity, alloc, "score") for d in a.domains
+                            for alloc in ("linear", "uniform", "product")])
         key = "allocation"
     elif name == "mask":
-        df = pd.DataFrame([_train_eval(ctx, d, a.sparsity, p.allocation, m) for d in a.domains
-                           for m in ("score", "random", "fisher")])
+        df, per_image = _rows(ctx, [(d, a.sparsity, p.allocation, m) for d in a.domains
+                                    for m in ("score", "random", "fisher")])
         key = "mask"
     elif name == "sparsity":
-        df = pd.DataFrame([_train_eval(ctx, d, s, p.allocation, "score") for d in a.domains for s in a.sparsities])
+        df, _ = _rows(ctx, [(d, s, p.allocation, "score") for d in a.domains for s in a.sparsities])
         key = "sparsity"
     elif name == "recipe":
         return _recipe(ctx, pretrained)
@@ -169,6 +219,8 @@ def study(ctx: Context, name: str) -> tuple[pd.DataFrame, str, object]:
         if name == "allocation" and layer_budgets(pre, a.sparsity, "uniform") == layer_budgets(pre, a.sparsity, "product"):
             finding += (" uniform and product give identical per-layer budgets for this model (every layer has "
                         "the same kernel size, so d_in·d_out is proportional to the layer size).")
+        if name == "mask":
+            finding += " " + _mask_differences(df, per_image)[1]
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
