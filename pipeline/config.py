@@ -218,7 +218,7 @@ class Execute(_Block):
     gpus_per_cell: Annotated[float, Field(gt=0, le=1)] = Field(description="ray on CUDA: GPU share of a cell")
 
 
-STUDIES = ("allocation", "mask", "sparsity", "snr", "recipe", "bases")  # every ablation study (stage ``ablate``)
+STUDIES = ("allocation", "mask", "sparsity", "snr", "recipe", "bases", "budget")  # every ablation study (stage ``ablate``)
 
 
 class ScoreLrs(_Block):
@@ -243,8 +243,10 @@ class Ablate(_Block):
     recipe_score_lrs: ScoreLrs = Field(description="score learning rates of the recipe study, per optimizer")
     bases: int = Field(ge=2, description="bases study: extra bases pretrained with pretrain.seed + 1 .. + bases")
     base_epochs: int = Field(ge=1, description="bases study: their pretraining epochs (the pretrain recipe otherwise)")
+    budget_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        min_length=1, description="budget study: the main seed pretrained for each of these epochs (the recipe over each)")
 
-    @field_validator("studies", "domains", "sparsities", "snr_db")
+    @field_validator("studies", "domains", "sparsities", "snr_db", "budget_epochs")
     @classmethod
     def _unique(cls, v):
         if len(set(v)) != len(v):

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -378,6 +379,34 @@ def test_ablate_bases_study_trains_other_bases_and_reads_the_main_cells(adapted)
                           checkpoint=ctx.checkpoint("same-as-pretrain"), key=key)
     stored = load_file(str(adapted.paths.pretrained))
     assert all(torch.equal(v, stored[k]) for k, v in model.state_dict().items())
+
+
+def test_ablate_budget_study_retrains_the_main_seed_at_each_budget(adapted):
+    """At the main budget the study's base is the pipeline's own (same PSNR to the bit); at another
+    budget it is another model, and the finding names the step up to the main budget."""
+    import dataclasses
+
+    import matplotlib.pyplot as plt
+
+    from pipeline.config import parse
+    from pipeline.stages.ablate import budget_finding, study
+    tree = adapted.params.model_dump(mode="json")
+    main = adapted.params.pretrain.epochs
+    tree["ablate"].update(studies=["budget"], budget_epochs=[1, main])
+    params = parse(tree)
+    ctx = dataclasses.replace(context(adapted), params=params, checkpoints=adapted.paths.checkpoints / "budget-test")
+    df, finding, fig = study(ctx, "budget")
+    plt.close(fig)
+    assert list(df.pretrain_epochs) == [1, main, main]
+    own, again = df.iloc[1], df.iloc[2]
+    assert own.model == "the pipeline's base"
+    assert again.base_test_psnr == own.base_test_psnr and again.VH_test_psnr == own.VH_test_psnr
+    assert df.iloc[0].base_test_psnr != own.base_test_psnr
+    assert f"Going from 1 to {main} epochs" in finding
+    halves = pd.DataFrame({"pretrain_epochs": [75, 150], "base_test_psnr": [24.0, 24.2]})
+    assert "adds +0.20 dB: under the 0.3 dB" in budget_finding(halves, 150)
+    halves["base_test_psnr"] = [24.0, 24.5]
+    assert "adds +0.50 dB: not under the 0.3 dB" in budget_finding(halves, 150)
 
 
 def test_the_bases_study_needs_its_sparsity_among_the_main_grids(tiny_params):

@@ -13,6 +13,8 @@ images for every method (SAMs hot-swapped in one process, the base model loaded 
   ``ablate.base_epochs`` epochs with the pretrain recipe (a smaller budget than the main base's), sam adapted
   on each at ``ablate.sparsity`` with the main grid's chosen point (seed 0); sam's gain over each base
   against the adaptation seeds' spread on the main base;
+- ``budget``: the doubling test: the main seed pretrained for each of ``ablate.budget_epochs`` epochs (the
+  recipe, one-cycle included, over each budget), base and domain test PSNR beside the main base's;
 - ``recipe``: sam's training recipe at ``ablate.sparsity``: the values' gradient (dense straight-through
   vs the exact masked one) x the scores' optimizer (Adam, SGD) over ``ablate.recipe_score_lrs`` x
   freezing the mask for the last epoch (0 or 1), beside the random and Fisher fixed masks; per row the
@@ -211,6 +213,8 @@ def study(ctx: Context, name: str) -> tuple[pd.DataFrame, str, object]:
         return _recipe(ctx, pretrained)
     elif name == "bases":
         return _bases(ctx, pretrained)
+    elif name == "budget":
+        return _budget(ctx, pretrained)
     else:
         return _snr(ctx)
     df["gain_over_pretrained"] = df.domain_psnr - df.domain.map(pretrained)
@@ -332,6 +336,57 @@ def _bases_figure(df: pd.DataFrame, sparsity: float):
     ax.set_ylabel("sam gain over its base (dB)")
     ax.set_title(f"Base-to-base vs seed-to-seed spread (γ={sparsity:g})", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ budget
+def _budget(ctx: Context, pretrained_main: dict[str, float]) -> tuple[pd.DataFrame, str, object]:
+    params, a = ctx.params, ctx.params.ablate
+    train_x, base_test = ctx.split("base_train"), ctx.split("base_test")
+    rows = [{"pretrain_epochs": params.pretrain.epochs, "model": "the pipeline's base",
+             "base_test_psnr": ctx.psnr(ctx.self_link(ctx.pretrained()), base_test),
+             **{f"{d}_test_psnr": pretrained_main[d] for d in a.domains}}]
+    for epochs in a.budget_epochs:
+        key = fingerprint("budget", params.pretrain.seed, epochs, data_fingerprint(train_x),
+                          params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
+        model, _ = train_base(params, train_x, seed=params.pretrain.seed, epochs=epochs, device=ctx.device,
+                              checkpoint=ctx.checkpoint(f"budget-{epochs}"), key=key, desc=f"budget {epochs}")
+        model.eval()
+        rows.append({"pretrain_epochs": epochs, "model": f"seed {params.pretrain.seed}, {epochs} epochs",
+                     "base_test_psnr": ctx.psnr(ctx.self_link(model), base_test),
+                     **{f"{d}_test_psnr": ctx.psnr(ctx.self_link(model), ctx.split(f"{d}_test")) for d in a.domains}})
+    df = pd.DataFrame(rows).sort_values("pretrain_epochs", kind="stable").reset_index(drop=True)
+    df["gain_over_previous"] = df.base_test_psnr.diff()
+    return df, budget_finding(df, params.pretrain.epochs), _budget_figure(df)
+
+
+def budget_finding(df: pd.DataFrame, main_epochs: int, converged_db: float = 0.3) -> str:
+    """Base test PSNR by budget, and what the last doubling (or other step) up to the main budget adds."""
+    steps = "; ".join(f"{int(r.pretrain_epochs)} epochs: {r.base_test_psnr:.2f} dB" for r in df.itertuples())
+    out = f"Base test PSNR by pretraining budget (seed and recipe of the main base): {steps}."
+    below = df[df.pretrain_epochs < main_epochs]
+    if len(below):
+        prev = below.iloc[-1]
+        main = df[df.pretrain_epochs == main_epochs].iloc[0]
+        gain = main.base_test_psnr - prev.base_test_psnr
+        ratio = main_epochs / prev.pretrain_epochs
+        out += (f" Going from {int(prev.pretrain_epochs)} to {main_epochs} epochs ({ratio:g}x) adds {gain:+.2f} dB"
+                + (f": {'under' if gain < converged_db else 'not under'} the {converged_db:g} dB convergence bar"
+                   if ratio == 2 else "") + ".")
+    return out
+
+
+def _budget_figure(df: pd.DataFrame):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(df.pretrain_epochs, df.base_test_psnr, marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("pretraining epochs (the recipe over each budget)")
+    ax.set_ylabel("base test PSNR (dB)")
+    ax.set_title("Pretraining budget: the doubling test", fontsize=10)
+    ax.grid(alpha=0.3)
     return fig
 
 
