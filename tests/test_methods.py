@@ -529,9 +529,9 @@ def test_switch_off_is_checked_bit_for_bit_on_every_zero_forget_cell(adapted):
 
     from pipeline import claims
     from pipeline.methods import registry
-    from pipeline.stages.evaluate import all_variants, switch_off_exact
+    from pipeline.stages.evaluate import ExactReference, all_variants, switch_off_exact
     ctx = context(adapted)
-    base_test = ctx.split("base_test")
+    base_test = ExactReference.of(ctx, ctx.split("base_test"))
     exact = {n for n, m in registry().items() if getattr(m, "SWITCH_OFF_EXACT", False)}
     assert exact == {"sam", "lora", "delta_topk", "bitfit"}
     checked = [v for v in all_variants(ctx) if v.method in exact]
