@@ -218,7 +218,7 @@ class Execute(_Block):
     gpus_per_cell: Annotated[float, Field(gt=0, le=1)] = Field(description="ray on CUDA: GPU share of a cell")
 
 
-STUDIES = ("allocation", "mask", "sparsity", "snr", "recipe")  # every ablation study (stage ``ablate``)
+STUDIES = ("allocation", "mask", "sparsity", "snr", "recipe", "bases", "budget")  # every ablation study (stage ``ablate``)
 
 
 class ScoreLrs(_Block):
@@ -241,8 +241,12 @@ class Ablate(_Block):
     sparsities: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(min_length=3)
     snr_db: tuple[Annotated[float, Field(ge=-30, le=60)], ...] = Field(min_length=1)
     recipe_score_lrs: ScoreLrs = Field(description="score learning rates of the recipe study, per optimizer")
+    bases: int = Field(ge=2, description="bases study: extra bases pretrained with pretrain.seed + 1 .. + bases")
+    base_epochs: int = Field(ge=1, description="bases study: their pretraining epochs (the pretrain recipe otherwise)")
+    budget_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        min_length=1, description="budget study: the main seed pretrained for each of these epochs (the recipe over each)")
 
-    @field_validator("studies", "domains", "sparsities", "snr_db")
+    @field_validator("studies", "domains", "sparsities", "snr_db", "budget_epochs")
     @classmethod
     def _unique(cls, v):
         if len(set(v)) != len(v):
@@ -294,6 +298,9 @@ class Params(_Block):
         extra = sorted(set(self.ablate.domains) - set(self.domains.names))
         if extra:
             raise ValueError(f"ablate.domains {extra} must be among domains.names {list(self.domains.names)}")
+        if "bases" in self.ablate.studies and self.ablate.sparsity not in self.adapt.sparsities:
+            raise ValueError(f"ablate.sparsity {self.ablate.sparsity:g} must be one of adapt.sparsities "
+                             f"{list(self.adapt.sparsities)} for the bases study (it reads the main base's cells)")
         return self
 
     @model_validator(mode="after")

@@ -14,11 +14,13 @@ threads are never "split" at the cost of the numbers; the pool instead runs fewe
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Callable, Sequence
 
 KINDS = ("local", "pool", "ray")
+RETRIES = 2  # a cell whose worker dies (SIGKILL, out of memory) is run again this many times
 
 
 def cell_threads(threads: int) -> int:
@@ -43,18 +45,37 @@ class Local:
 
 
 class Pool:
-    """Worker processes (spawned: no state inherited from the stage process but ``env``)."""
+    """Worker processes (spawned: no state inherited from the stage process but ``env``).
+
+    A worker that dies mid-cell (killed, out of memory) breaks the whole process pool; the results
+    already returned are kept, a fresh pool runs the unfinished cells again (``RETRIES`` times), so the
+    sweep completes with the numbers of an uninterrupted run: a cell computes only from its inputs, a
+    half-written cell output is never read (the adapt stage renames whole cells into place) and a rerun
+    cell resumes from its checkpoint."""
     kind = "pool"
 
     def __init__(self, workers: int, threads: int, env: dict[str, str]):
         self.workers, self.threads, self.env = workers, threads, env
 
     def map(self, fn: Callable, items: Sequence) -> list:
-        if not items:
-            return []
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(items)), mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(self.threads, self.env)) as pool:
-            return list(pool.map(fn, items))
+        results: dict[int, object] = {}
+        for attempt in range(RETRIES + 1):
+            todo = [i for i in range(len(items)) if i not in results]
+            if not todo:
+                break
+            try:
+                with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), mp_context=get_context("spawn"),
+                                         initializer=_init_worker, initargs=(self.threads, self.env)) as pool:
+                    futures = {pool.submit(fn, items[i]): i for i in todo}
+                    for future in as_completed(futures):
+                        results[futures[future]] = future.result()
+            except BrokenProcessPool:
+                left = len(items) - len(results)
+                if attempt == RETRIES:
+                    raise RuntimeError(f"pool: a worker died {RETRIES + 1} times; {left} of {len(items)} cells "
+                                       "unfinished (out of memory? see the stage log)") from None
+                print(f"pool: a worker died; {left} unfinished cells run again in a fresh pool", flush=True)
+        return [results[i] for i in range(len(items))]
 
 
 class Ray:

@@ -100,40 +100,42 @@ def trials(params, method: str) -> list[Trial]:
     return [Trial(s, h) for h in range(len(grid_points(params, method))) for s in range(params.adapt.seeds)]
 
 
-def _domains(params, module) -> tuple[str, ...]:
-    """The domains a method has cells for (``PER_DOMAIN = False``: the first only)."""
-    return params.domains.names if getattr(module, "PER_DOMAIN", True) else params.domains.names[:1]
+def cell_grid(params, module, domains=None) -> list[tuple[str, float | None]]:
+    """The (domain, sparsity) cells a method has, the one place the method contract's rules live:
+    every domain of ``domains`` (default ``domains.names``), or the first only for ``PER_DOMAIN = False``;
+    every ``adapt.sparsities`` for ``USES_SPARSITY``, else one cell per domain (sparsity None)."""
+    names = tuple(params.domains.names if domains is None else domains)
+    names = names if getattr(module, "PER_DOMAIN", True) else names[:1]
+    sparsities = params.adapt.sparsities if module.USES_SPARSITY else (None,)
+    return [(d, s) for d in names for s in sparsities]
 
 
 def validation_table(params, paths, method: str, module) -> list[dict]:
     """Per domain, sparsity and grid point: the mean validation PSNR over seeds, and whether it is chosen."""
     points = grid_points(params, method)
-    sparsities = params.adapt.sparsities if module.USES_SPARSITY else (None,)
     rows = []
-    for d in _domains(params, module):
-        for s in sparsities:
-            scores = []
-            for h, point in enumerate(points):
-                vals = []
-                for seed in range(params.adapt.seeds):
-                    cell = paths.cell(method, d, s, Trial(seed, h).tag)
-                    details = json.loads(cell.metrics.read_text())["details"]
-                    if "val_psnr" not in details:
-                        raise ValueError(f"{cell.metrics}: no details.val_psnr (method {method} must report it)")
-                    vals.append(float(details["val_psnr"]))
-                scores.append(statistics.fmean(vals))
-            best = max(range(len(points)), key=lambda h: (scores[h], -h))
-            for h, point in enumerate(points):
-                rows.append({"method": method, "domain": d, "sparsity": "" if s is None else s, "point": h,
-                             "setting": json.dumps(point, sort_keys=True) if point else "(as params)",
-                             "val_psnr": round(scores[h], 4), "chosen": h == best})
+    for d, s in cell_grid(params, module):
+        scores = []
+        for h, point in enumerate(points):
+            vals = []
+            for seed in range(params.adapt.seeds):
+                cell = paths.cell(method, d, s, Trial(seed, h).tag)
+                details = json.loads(cell.metrics.read_text())["details"]
+                if "val_psnr" not in details:
+                    raise ValueError(f"{cell.metrics}: no details.val_psnr (method {method} must report it)")
+                vals.append(float(details["val_psnr"]))
+            scores.append(statistics.fmean(vals))
+        best = max(range(len(points)), key=lambda h: (scores[h], -h))
+        for h, point in enumerate(points):
+            rows.append({"method": method, "domain": d, "sparsity": "" if s is None else s, "point": h,
+                         "setting": json.dumps(point, sort_keys=True) if point else "(as params)",
+                         "val_psnr": round(scores[h], 4), "chosen": h == best})
     return rows
 
 
 def choose(params, paths, method: str, module) -> dict[tuple[str, float | None], int]:
     """(domain, sparsity) -> the chosen grid point (from the cells' validation PSNR)."""
     if len(grid_points(params, method)) == 1:
-        sparsities = params.adapt.sparsities if module.USES_SPARSITY else (None,)
-        return {(d, s): 0 for d in _domains(params, module) for s in sparsities}
+        return {cell: 0 for cell in cell_grid(params, module)}
     return {(r["domain"], None if r["sparsity"] == "" else r["sparsity"]): r["point"]
             for r in validation_table(params, paths, method, module) if r["chosen"]}

@@ -111,3 +111,28 @@ def wrong_kind(path: str | os.PathLike, expected: str) -> str | None:
     if kind is None or kind == expected:
         return None
     return f"{KINDS[kind]} given where {KINDS[expected]} is expected"
+
+
+def read_adapter(path: str | os.PathLike, kind: str, label: str, base_fp: str,
+                 fail: Callable[[str], Exception]) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+    """The tensors and metadata of a stored adapter of ``kind`` (e.g. ``bitfit``, ``lora``) made for
+    the base model whose fingerprint is ``base_fp``. Checked in order, each failure one line through
+    ``fail(message)`` (the loader's own error type): the file kind (another pipeline file is named as
+    such), the metadata kind, the base fingerprint, then the tensors parse. What the tensors must be
+    (names, shapes, dtype) is the loader's to check."""
+    if problem := wrong_kind(path, kind):
+        raise fail(problem)
+    header = safetensors_header(path)
+    meta = (header or {}).get("__metadata__") or {}
+    if header is None or meta.get(KIND_KEY) != kind:
+        raise fail(f"not a {label} file (no metadata kind '{kind}')")
+    want = str(meta.get("base_fingerprint"))
+    if base_fp != want:
+        raise fail(f"wrong base model: {label} was made for base {want[:12]}, this model is {base_fp[:12]}")
+    from safetensors.torch import load as st_load
+    try:
+        with open(path, "rb") as f:
+            tensors = st_load(f.read())
+    except Exception as e:  # noqa: BLE001 - any parse failure means an unusable file
+        raise fail(f"truncated or unreadable {label} file ({type(e).__name__})") from None
+    return tensors, meta

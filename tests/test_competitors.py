@@ -19,6 +19,7 @@ from pipeline.methods import BASE_AGENT, Context, registry
 from pipeline.methods import bitfit, delta_topk, lora
 from pipeline.model import SCModel
 from pipeline.sam import install_sam, layer_budgets, load_sam, save_sam, set_sam_enabled
+from pipeline.selection import cell_grid
 
 from .conftest import ADAPTED_DOMAINS, ADAPTED_SPARSITIES
 
@@ -267,7 +268,7 @@ def test_lora_stored_bytes_match_sams_within_one_rank_step(adapted):
 def test_memory_bytes_are_the_real_bytes_of_the_method_files(adapted, name):
     ctx = context(adapted)
     module = registry()[name]
-    domains = ADAPTED_DOMAINS if getattr(module, "PER_DOMAIN", True) else ADAPTED_DOMAINS[:1]
+    domains = list(dict.fromkeys(d for d, _ in cell_grid(adapted.params, module)))  # the contract's rule
     for s in sparsities(name):
         (variant,) = module.variants(ctx, s)
         for d in domains:

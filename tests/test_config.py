@@ -353,3 +353,15 @@ def test_tiny_overlay_shrinks_a_copy_and_is_no_profile():
     parse(tiny)
     with pytest.raises(ConfigError, match="not found; known: \\['ci', 'full', 'paper', 'quick'\\]"):
         profile.render("tiny")  # an overlay, never written to params.yaml as a profile
+
+
+def test_the_paper_profile_adapts_on_the_full_profiles_pretraining():
+    """Issue 18: the paper's adaptation settings on top of the same converged pretraining (data, model,
+    training precision and pretrain recipe equal to the full profile's), with the paper's learning rates."""
+    full, paper = profile.render("full"), profile.render("paper")
+    for block in ("data", "model", "train", "pretrain"):
+        assert paper[block] == full[block], block
+    assert {k: paper["domains"][k] for k in ("n_train", "n_val", "n_test")} == \
+        {k: full["domains"][k] for k in ("n_train", "n_val", "n_test")}
+    assert (paper["adapt"]["epochs"], paper["adapt"]["score_lr"], paper["adapt"]["value_lr"]) == (30, 1.0, 0.0001)
+    assert paper["search"] == {}

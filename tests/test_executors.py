@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 
 import pytest
 
@@ -142,6 +143,45 @@ def test_executor_settings(monkeypatch):
     assert executors.make("pool", threads=4, workers=3).workers == 3
     with pytest.raises(ValueError, match="executor must be one of"):
         executors.make("slurm", threads=1)
+
+
+def square_or_die(item):
+    """``value**2``; kills its own worker process with SIGKILL the first time a flagged item runs
+    (``flag``: a file path, created before dying) or every time (``flag == "always"``)."""
+    value, flag = item
+    if flag == "always" or (flag and not os.path.exists(flag)):
+        if flag != "always":
+            open(flag, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value * value
+
+
+def test_a_pool_worker_killed_mid_sweep_is_replaced_and_the_sweep_completes(tmp_path, capsys):
+    flag = str(tmp_path / "killed")
+    items = [(i, flag if i == 3 else None) for i in range(8)]
+    pool = executors.Pool(workers=2, threads=1, env={})
+    assert pool.map(square_or_die, items) == [i * i for i in range(8)]
+    assert os.path.exists(flag)  # a worker really died (SIGKILL) mid-sweep
+    assert "a worker died" in capsys.readouterr().out
+
+
+def test_a_pool_whose_worker_always_dies_fails_in_one_line(tmp_path):
+    pool = executors.Pool(workers=1, threads=1, env={})
+    with pytest.raises(RuntimeError, match=r"pool: a worker died 3 times; 1 of 2 cells unfinished"):
+        pool.map(square_or_die, [(0, None), (1, "always")])
+
+
+@pytest.mark.ray
+def test_a_ray_worker_killed_mid_sweep_is_retried(tmp_path):
+    """A Ray task whose worker process is SIGKILLed is retried (``max_retries``): the sweep completes."""
+    import sys
+
+    import ray.cloudpickle
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers lack the tests package
+    flag = str(tmp_path / "killed")
+    items = [(i, flag if i == 1 else None) for i in range(4)]
+    assert executors.Ray(threads=1, gpus_per_cell=0.0, env={}).map(square_or_die, items) == [0, 1, 4, 9]
+    assert os.path.exists(flag)
 
 
 @pytest.mark.ray

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.methods import BASE_AGENT, CELL_KEYS, Context, registry
+from pipeline.selection import cell_grid
 from pipeline.tracking import Tracker
 
 from .conftest import ADAPTED_DOMAINS, ADAPTED_SPARSITIES
@@ -27,10 +28,11 @@ CPU = torch.device("cpu")
 
 
 def cells(name: str) -> list[tuple[str, float | None]]:
-    module = registry()[name]
-    sparsities = ADAPTED_SPARSITIES if module.USES_SPARSITY else [None]
-    domains = ADAPTED_DOMAINS if getattr(module, "PER_DOMAIN", True) else ADAPTED_DOMAINS[:1]
-    return [(d, s) for d in domains for s in sparsities]
+    from pipeline.config import parse
+    from pipeline.profile import render, shrink
+
+    from .conftest import adapted_raw
+    return cell_grid(parse(adapted_raw(shrink(render("quick")))), registry()[name])
 
 
 def context(project) -> Context:

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -341,6 +342,82 @@ def test_ablate_mask_study_and_fixed_masks(adapted):
             assert any(not torch.equal(m.mask(), initial[n]) for n, m in layers.items())
 
 
+def test_ablate_bases_study_trains_other_bases_and_reads_the_main_cells(adapted):
+    """Extra bases are really other models (other seeds, their own budget), sam is adapted on each, and
+    the main base's rows are its cells; train_base with the main seed and budget is the pretrain stage's
+    model bit for bit (one recipe, one function)."""
+    import dataclasses
+
+    import matplotlib.pyplot as plt
+    from safetensors.torch import load_file
+
+    from pipeline.config import parse
+    from pipeline.stages.ablate import study
+    from pipeline.stages.pretrain import train_base
+    from pipeline.train import data_fingerprint, fingerprint
+    tree = adapted.params.model_dump(mode="json")
+    tree["ablate"].update(studies=["bases"], sparsity=0.1, bases=2, base_epochs=1)
+    params = parse(tree)
+    ctx = dataclasses.replace(context(adapted), params=params, checkpoints=adapted.paths.checkpoints / "bases-test")
+    df, finding, fig = study(ctx, "bases")
+    plt.close(fig)
+    d = "VH"
+    main = df[df.base == "main"]
+    assert len(main) == params.adapt.seeds and len(df) == len(main) + 2
+    assert main.sam_psnr.iloc[0] == cell(adapted.paths, "sam", d, 0.1)["domain_psnr"]
+    extra = df[df.base != "main"]
+    assert list(extra.pretrain_seed) == [params.pretrain.seed + 1, params.pretrain.seed + 2]
+    assert (extra.pretrain_epochs == 1).all()
+    # other bases: other pretrained PSNRs, on base and domain images
+    assert len({*df.base_test_psnr}) == 3 and len({*df.pretrained_psnr}) == 3
+    assert (df.gain == df.sam_psnr - df.pretrained_psnr).all() and (extra.gain != 0).all()
+    assert "across bases" in finding and "across seeds on the main base" in finding
+
+    train_x = ctx.split("base_train")
+    key = fingerprint("test-base", data_fingerprint(train_x))
+    model, _ = train_base(params, train_x, seed=params.pretrain.seed, epochs=params.pretrain.epochs, device=CPU,
+                          checkpoint=ctx.checkpoint("same-as-pretrain"), key=key)
+    stored = load_file(str(adapted.paths.pretrained))
+    assert all(torch.equal(v, stored[k]) for k, v in model.state_dict().items())
+
+
+def test_ablate_budget_study_retrains_the_main_seed_at_each_budget(adapted):
+    """At the main budget the study's base is the pipeline's own (same PSNR to the bit); at another
+    budget it is another model, and the finding names the step up to the main budget."""
+    import dataclasses
+
+    import matplotlib.pyplot as plt
+
+    from pipeline.config import parse
+    from pipeline.stages.ablate import budget_finding, study
+    tree = adapted.params.model_dump(mode="json")
+    main = adapted.params.pretrain.epochs
+    tree["ablate"].update(studies=["budget"], budget_epochs=[1, main])
+    params = parse(tree)
+    ctx = dataclasses.replace(context(adapted), params=params, checkpoints=adapted.paths.checkpoints / "budget-test")
+    df, finding, fig = study(ctx, "budget")
+    plt.close(fig)
+    assert list(df.pretrain_epochs) == [1, main, main]
+    own, again = df.iloc[1], df.iloc[2]
+    assert own.model == "the pipeline's base"
+    assert again.base_test_psnr == own.base_test_psnr and again.VH_test_psnr == own.VH_test_psnr
+    assert df.iloc[0].base_test_psnr != own.base_test_psnr
+    assert f"Going from 1 to {main} epochs" in finding
+    halves = pd.DataFrame({"pretrain_epochs": [75, 150], "base_test_psnr": [24.0, 24.2]})
+    assert "adds +0.20 dB: under the 0.3 dB" in budget_finding(halves, 150)
+    halves["base_test_psnr"] = [24.0, 24.5]
+    assert "adds +0.50 dB: not under the 0.3 dB" in budget_finding(halves, 150)
+
+
+def test_the_bases_study_needs_its_sparsity_among_the_main_grids(tiny_params):
+    from pipeline.config import ConfigError, parse
+    tiny_params["ablate"].update(studies=["bases"], sparsity=0.5)
+    with pytest.raises(ConfigError, match="ablate.sparsity 0.5 must be one of adapt.sparsities"):
+        parse(tiny_params)
+    tiny_params["ablate"]["sparsity"] = tiny_params["adapt"]["sparsities"][0]
+    parse(tiny_params)
+
+
 def test_ablate_snr_study_keeps_sam_aligned(adapted):
     import matplotlib.pyplot as plt
     from pipeline.stages.ablate import study
@@ -452,9 +529,9 @@ def test_switch_off_is_checked_bit_for_bit_on_every_zero_forget_cell(adapted):
 
     from pipeline import claims
     from pipeline.methods import registry
-    from pipeline.stages.evaluate import all_variants, switch_off_exact
+    from pipeline.stages.evaluate import ExactReference, all_variants, switch_off_exact
     ctx = context(adapted)
-    base_test = ctx.split("base_test")
+    base_test = ExactReference.of(ctx, ctx.split("base_test"))
     exact = {n for n, m in registry().items() if getattr(m, "SWITCH_OFF_EXACT", False)}
     assert exact == {"sam", "lora", "delta_topk", "bitfit"}
     checked = [v for v in all_variants(ctx) if v.method in exact]

@@ -13,13 +13,12 @@ import os
 import time
 
 import torch
-from safetensors.torch import load as st_load
 from torch import nn
 
 from ..config import InputError
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct
-from ..storage import KIND_KEY, safetensors_bytes, safetensors_header, write_atomic, wrong_kind
+from ..storage import KIND_KEY, read_adapter, safetensors_bytes, write_atomic
 from ..train import data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant
 
@@ -60,20 +59,7 @@ def load_bitfit(path, model: nn.Module) -> dict[str, torch.Tensor]:
     def fail(msg: str) -> BitFitFileError:
         return BitFitFileError(f"{os.fspath(path)}: {msg}")
 
-    if problem := wrong_kind(path, NAME):
-        raise fail(problem)
-    header = safetensors_header(path)
-    meta = (header or {}).get("__metadata__") or {}
-    if header is None or meta.get(KIND_KEY) != NAME:
-        raise fail("not a BitFit file (no metadata kind 'bitfit')")
-    fp, want = base_fingerprint(model), str(meta.get("base_fingerprint"))
-    if fp != want:
-        raise fail(f"wrong base model: BitFit was made for base {want[:12]}, this model is {fp[:12]}")
-    try:
-        with open(path, "rb") as f:
-            tensors = st_load(f.read())
-    except Exception as e:  # noqa: BLE001 - any parse failure means an unusable file
-        raise fail(f"truncated or unreadable BitFit file ({type(e).__name__})") from None
+    tensors, _ = read_adapter(path, NAME, "BitFit", base_fingerprint(model), fail)
     params = dict(model.named_parameters())
     want_shapes = {n: tuple(params[n].shape) for n in bitfit_names(model)}
     if {n: tuple(t.shape) for n, t in tensors.items()} != want_shapes or any(

@@ -42,13 +42,12 @@ import re
 import time
 
 import torch
-from safetensors.torch import load as st_load
 from torch import nn
 
 from ..config import InputError
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct
-from ..storage import KIND_KEY, safetensors_bytes, safetensors_header, write_atomic, wrong_kind
+from ..storage import KIND_KEY, read_adapter, safetensors_bytes, write_atomic
 from ..train import data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant
 
@@ -235,18 +234,8 @@ def load_lora(path, model: nn.Module) -> tuple[dict[str, int], dict[str, torch.T
     def fail(msg: str) -> LoRAFileError:
         return LoRAFileError(f"{os.fspath(path)}: {msg}")
 
-    if problem := wrong_kind(path, NAME):
-        raise fail(problem)
-    header = safetensors_header(path)
-    meta = (header or {}).get("__metadata__") or {}
-    if header is None or meta.get(KIND_KEY) != NAME:
-        raise fail("not a LoRA file (no metadata kind 'lora')")
-    fp, want = base_fingerprint(model), str(meta.get("base_fingerprint"))
-    if fp != want:
-        raise fail(f"wrong base model: LoRA was made for base {want[:12]}, this model is {fp[:12]}")
+    tensors, meta = read_adapter(path, NAME, "LoRA", base_fingerprint(model), fail)
     try:
-        with open(path, "rb") as f:
-            tensors = st_load(f.read())
         ranks = {str(n): int(r) for n, r in json.loads(meta["ranks"]).items()}
     except Exception as e:  # noqa: BLE001 - any parse failure means an unusable file
         raise fail(f"truncated or unreadable LoRA file ({type(e).__name__})") from None

@@ -9,6 +9,12 @@ images for every method (SAMs hot-swapped in one process, the base model loaded 
 - ``sparsity``: the sparsity range widened (``ablate.sparsities``);
 - ``snr``: every method evaluated at each SNR of ``ablate.snr_db`` on each channel (AWGN, Rayleigh block
   fading), no retraining: the agents keep what they trained on (``model.channel``, ``model.snr_db``);
+- ``bases``: the base-to-base spread: ``ablate.bases`` extra bases (pretrain.seed + 1 ..), each pretrained
+  ``ablate.base_epochs`` epochs with the pretrain recipe (a smaller budget than the main base's), sam adapted
+  on each at ``ablate.sparsity`` with the main grid's chosen point (seed 0); sam's gain over each base
+  against the adaptation seeds' spread on the main base;
+- ``budget``: the doubling test: the main seed pretrained for each of ``ablate.budget_epochs`` epochs (the
+  recipe, one-cycle included, over each budget), base and domain test PSNR beside the main base's;
 - ``recipe``: sam's training recipe at ``ablate.sparsity``: the values' gradient (dense straight-through
   vs the exact masked one) x the scores' optimizer (Adam, SGD) over ``ablate.recipe_score_lrs`` x
   freezing the mask for the last epoch (0 or 1), beside the random and Fisher fixed masks; per row the
@@ -36,11 +42,12 @@ from ..model import CHANNELS
 from ..paths import Paths
 from ..sam import install_sam, layer_budgets, load_sam, sam_state
 from ..selection import Trial, grid_points, trial_params
-from ..stats import paired_bootstrap
+from ..stats import mean_ci, paired_bootstrap
 from ..tracking import Tracker
-from ..train import setup_runtime
+from ..train import data_fingerprint, fingerprint, load_model, save_model, setup_runtime
 from . import provenance, run, save_figure, write_text
 from .evaluate import all_variants, choices
+from .pretrain import train_base
 
 
 def write_table(df: pd.DataFrame, name: str, params: Params, paths: Paths, run_id: str | None, finding: str) -> None:
@@ -204,6 +211,10 @@ def study(ctx: Context, name: str) -> tuple[pd.DataFrame, str, object]:
         key = "sparsity"
     elif name == "recipe":
         return _recipe(ctx, pretrained)
+    elif name == "bases":
+        return _bases(ctx, pretrained)
+    elif name == "budget":
+        return _budget(ctx, pretrained)
     else:
         return _snr(ctx)
     df["gain_over_pretrained"] = df.domain_psnr - df.domain.map(pretrained)
@@ -240,6 +251,143 @@ def _best(means: pd.Series) -> str:
         return f"tie at {top:.2f} dB between {', '.join(leaders)}"
     best = means.idxmax()
     return f"best: {best} (+{top - means.drop(best).max():.2f} dB over the runner-up)"
+
+
+# ------------------------------------------------------------------------------------------ bases
+@dataclasses.dataclass
+class _OnBase(Context):
+    """A context whose pretrained model is another base's file."""
+    base: object = None
+
+    def pretrained(self):
+        return load_model(self.params, self.base).to(self.device).eval()
+
+
+def _bases(ctx: Context, pretrained_main: dict[str, float]) -> tuple[pd.DataFrame, str, object]:
+    params, a = ctx.params, ctx.params.ablate
+    s = a.sparsity
+    points = grid_points(params, "sam")
+    chosen = choices(params, ctx.paths)["sam"]
+    point_of = {d: chosen.get((d, s), 0) for d in a.domains}  # the main grid's choice (point 0 off the grid)
+    train_x = ctx.split("base_train")
+    rows = []
+    for d in a.domains:  # the main base: every adaptation seed's cell at the chosen point
+        for seed in range(params.adapt.seeds):
+            cell = ctx.paths.cell("sam", d, s, Trial(seed, point_of[d]).tag).metrics
+            psnr = json.loads(cell.read_text())["domain_psnr"]
+            rows.append({"base": "main", "pretrain_seed": params.pretrain.seed, "pretrain_epochs": params.pretrain.epochs,
+                         "adapt_seed": seed, "domain": d, "pretrained_psnr": pretrained_main[d], "sam_psnr": psnr})
+    base_psnr = {"main": ctx.psnr(ctx.self_link(ctx.pretrained()), ctx.split("base_test"))}
+    for b in range(1, a.bases + 1):
+        seed = params.pretrain.seed + b
+        key = fingerprint("base", seed, a.base_epochs, data_fingerprint(train_x),
+                          params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
+        model, _ = train_base(params, train_x, seed=seed, epochs=a.base_epochs, device=ctx.device,
+                              checkpoint=ctx.checkpoint(f"base-{b}"), key=key, desc=f"base {b}")
+        path = ctx.checkpoints / f"base-{b}.safetensors"
+        save_model(model.cpu(), path, {"profile": params.profile, "source": params.data.source})
+        on = _OnBase(params, ctx.paths, ctx.device, checkpoints=ctx.checkpoints, base=path)
+        base_psnr[f"base {b}"] = on.psnr(on.self_link(on.pretrained()), on.split("base_test"))
+        for d in a.domains:
+            c = dataclasses.replace(on, params=trial_params(params, points[point_of[d]], 0))
+            trained = train_sam(c, d, s, allocation=params.adapt.allocation, tag=f"bases-{b}-{d}-{s:g}")
+            served = install_sam(trained["model"], sam_state(trained["model"]))  # the fp16 values a file holds
+            test = c.split(f"{d}_test")
+            rows.append({"base": f"base {b}", "pretrain_seed": seed, "pretrain_epochs": a.base_epochs,
+                         "adapt_seed": 0, "domain": d, "pretrained_psnr": c.psnr(c.self_link(c.pretrained()), test),
+                         "sam_psnr": c.psnr(c.self_link(served), test)})
+    df = pd.DataFrame(rows)
+    df.insert(3, "base_test_psnr", df.base.map(base_psnr))
+    df["gain"] = df.sam_psnr - df.pretrained_psnr
+    return df, bases_finding(df, s), _bases_figure(df, s)
+
+
+def bases_finding(df: pd.DataFrame, sparsity: float) -> str:
+    """Per domain: sam's gain over its base, mean ± 95 % CI and SD across the extra bases (one
+    adaptation seed each) beside the same across the adaptation seeds on the main base."""
+    extra = df[df.base != "main"]
+    main = df[df.base == "main"]
+    parts = []
+    for d in dict.fromkeys(df.domain):
+        across_bases = extra[extra.domain == d].gain
+        across_seeds = main[main.domain == d].gain
+        parts.append(f"{d}: across bases {mean_ci(across_bases)} dB (SD {across_bases.std(ddof=1):.2f}), across "
+                     f"seeds on the main base {mean_ci(across_seeds)} dB (SD "
+                     + (f"{across_seeds.std(ddof=1):.2f})" if len(across_seeds) > 1 else "n/a, one seed)"))
+    bases = extra.drop_duplicates("base")
+    return (f"sam's domain PSNR gain over its own base at γ={sparsity:g}, {len(bases)} extra bases pretrained "
+            f"{int(bases.pretrain_epochs.iloc[0])} epochs (base test PSNR "
+            + ", ".join(f"{v:.2f}" for v in bases.base_test_psnr)
+            + f" dB; the main base: {int(main.pretrain_epochs.iloc[0])} epochs, "
+            f"{float(main.base_test_psnr.iloc[0]):.2f} dB): " + "; ".join(parts) + ".")
+
+
+def _bases_figure(df: pd.DataFrame, sparsity: float):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    plot = df.assign(replicate=df.base.map(lambda b: "adaptation seeds, main base" if b == "main"
+                                                     else "extra bases (smaller budget)"))
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    sns.pointplot(plot, x="domain", y="gain", hue="replicate", errorbar=("ci", 95), dodge=0.3,
+                  linestyle="none", capsize=0.1, ax=ax)
+    sns.stripplot(plot, x="domain", y="gain", hue="replicate", dodge=True, alpha=0.5, legend=False, ax=ax)
+    ax.set_ylabel("sam gain over its base (dB)")
+    ax.set_title(f"Base-to-base vs seed-to-seed spread (γ={sparsity:g})", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ budget
+def _budget(ctx: Context, pretrained_main: dict[str, float]) -> tuple[pd.DataFrame, str, object]:
+    params, a = ctx.params, ctx.params.ablate
+    train_x, base_test = ctx.split("base_train"), ctx.split("base_test")
+    rows = [{"pretrain_epochs": params.pretrain.epochs, "model": "the pipeline's base",
+             "base_test_psnr": ctx.psnr(ctx.self_link(ctx.pretrained()), base_test),
+             **{f"{d}_test_psnr": pretrained_main[d] for d in a.domains}}]
+    for epochs in a.budget_epochs:
+        key = fingerprint("budget", params.pretrain.seed, epochs, data_fingerprint(train_x),
+                          params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
+        model, _ = train_base(params, train_x, seed=params.pretrain.seed, epochs=epochs, device=ctx.device,
+                              checkpoint=ctx.checkpoint(f"budget-{epochs}"), key=key, desc=f"budget {epochs}")
+        model.eval()
+        rows.append({"pretrain_epochs": epochs, "model": f"seed {params.pretrain.seed}, {epochs} epochs",
+                     "base_test_psnr": ctx.psnr(ctx.self_link(model), base_test),
+                     **{f"{d}_test_psnr": ctx.psnr(ctx.self_link(model), ctx.split(f"{d}_test")) for d in a.domains}})
+    df = pd.DataFrame(rows).sort_values("pretrain_epochs", kind="stable").reset_index(drop=True)
+    df["gain_over_previous"] = df.base_test_psnr.diff()
+    return df, budget_finding(df, params.pretrain.epochs), _budget_figure(df)
+
+
+def budget_finding(df: pd.DataFrame, main_epochs: int, converged_db: float = 0.3) -> str:
+    """Base test PSNR by budget, and what the last doubling (or other step) up to the main budget adds."""
+    steps = "; ".join(f"{int(r.pretrain_epochs)} epochs: {r.base_test_psnr:.2f} dB" for r in df.itertuples())
+    out = f"Base test PSNR by pretraining budget (seed and recipe of the main base): {steps}."
+    below = df[df.pretrain_epochs < main_epochs]
+    if len(below):
+        prev = below.iloc[-1]
+        main = df[df.pretrain_epochs == main_epochs].iloc[0]
+        gain = main.base_test_psnr - prev.base_test_psnr
+        ratio = main_epochs / prev.pretrain_epochs
+        out += (f" Going from {int(prev.pretrain_epochs)} to {main_epochs} epochs ({ratio:g}x) adds {gain:+.2f} dB"
+                + (f": {'under' if gain < converged_db else 'not under'} the {converged_db:g} dB convergence bar"
+                   if ratio == 2 else "") + ".")
+    return out
+
+
+def _budget_figure(df: pd.DataFrame):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(df.pretrain_epochs, df.base_test_psnr, marker="o")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("pretraining epochs (the recipe over each budget)")
+    ax.set_ylabel("base test PSNR (dB)")
+    ax.set_title("Pretraining budget: the doubling test", fontsize=10)
+    ax.grid(alpha=0.3)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------ recipe

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..config import ConfigError, Params
 from ..paths import Cell, Paths, cell_name
-from ..selection import Trial, choose, grid_points, trial_params, trials
+from ..selection import Trial, cell_grid, choose, grid_points, trial_params, trials
 from ..tracking import Tracker, execution_key, tracking_uri
 from . import run, write_json
 
@@ -51,9 +51,7 @@ def method_module(name: str):
 
 
 def grid(params: Params, module) -> list[tuple[str, float | None]]:
-    sparsities = params.adapt.sparsities if module.USES_SPARSITY else (None,)
-    domains = params.domains.names if getattr(module, "PER_DOMAIN", True) else params.domains.names[:1]
-    return [(d, s) for d in domains for s in sparsities]
+    return cell_grid(params, module)
 
 
 # ------------------------------------------------------------------------------------------ keys

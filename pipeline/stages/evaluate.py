@@ -53,23 +53,42 @@ def all_variants(ctx: Context, reference: bool = True) -> list[Variant]:
 EXACT_IMAGES = 256  # base test images of the bit-for-bit switch-off check
 
 
+@dataclasses.dataclass(frozen=True)
+class ExactReference:
+    """What the bit-for-bit switch-off check compares against: the first ``EXACT_IMAGES`` base test
+    images and the pretrained link's outputs on them (evaluation noise seed), computed once."""
+    images: torch.Tensor
+    outputs: torch.Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, ctx: Context, base_test: torch.Tensor) -> "ExactReference":
+        pre = ctx.pretrained()
+        x = base_test[:EXACT_IMAGES].to(ctx.device).float() / 255
+        return cls(x, ctx.link(pre, pre)(x, _exact_noise(ctx)))
+
+
+def _exact_noise(ctx: Context) -> torch.Generator:
+    return torch.Generator(device=ctx.device).manual_seed(ctx.params.evaluate.noise_seed)
+
+
 @torch.no_grad()
-def switch_off_exact(ctx: Context, variant: Variant, base_test: torch.Tensor) -> bool:
+def switch_off_exact(ctx: Context, variant: Variant, exact: ExactReference) -> bool:
     """Every link of the variant after its alignment step (every ordered pair of agents, the base agent
     included) gives the pretrained link's outputs bit for bit, on the same images and noise."""
-    pre = ctx.pretrained()
-    x = base_test[:EXACT_IMAGES].to(ctx.device).float() / 255
-    gen = lambda: torch.Generator(device=ctx.device).manual_seed(ctx.params.evaluate.noise_seed)  # noqa: E731
-    want = ctx.link(pre, pre)(x, gen())
     agents = [BASE_AGENT, *ctx.params.domains.names]
-    return all(torch.equal(variant.pair(a, b)(x, gen()), want) for a in agents for b in agents if a != b)
+    return all(torch.equal(variant.pair(a, b)(exact.images, _exact_noise(ctx)), exact.outputs)
+               for a in agents for b in agents if a != b)
 
 
 def measure(ctx: Context, variant: Variant, reference: float, base_bytes: int,
-            per_image: dict[str, torch.Tensor] | None = None) -> list[dict]:
+            per_image: dict[str, torch.Tensor] | None = None, exact: ExactReference | None = None,
+            methods: dict[str, object] | None = None) -> list[dict]:
     """Rows for one variant: domain PSNR/SSIM, pair PSNR/SSIM and misalignment per ordered pair,
-    cross-traffic PSNR/SSIM per ordered pair, memory. ``per_image`` (if given) receives the per-image
-    values of every PSNR/SSIM row, keyed ``per_image_key`` of the row."""
+    cross-traffic PSNR/SSIM per ordered pair, memory, and for a ``SWITCH_OFF_EXACT`` method the ZF
+    check against ``exact`` (computed here when not given). ``per_image`` (if given) receives the
+    per-image values of every PSNR/SSIM row, keyed ``per_image_key`` of the row. ``methods``: the
+    registry, when the caller has it."""
     names, base_test = list(ctx.params.domains.names), ctx.split("base_test")
     seed = ctx.trial.seed
     sparsity = "" if variant.sparsity is None else variant.sparsity
@@ -96,8 +115,9 @@ def measure(ctx: Context, variant: Variant, reference: float, base_bytes: int,
         row("misalignment", misalignment(reference, q.mean_psnr), "dB", domain="base", tx=a, rx=b)
     for (a, b), q in ctx.pair_qualities(variant, pairs, lambda a: ctx.split(f"{a}_test")).items():
         quality_rows("cross", q, a, a, b)
-    if getattr(registry().get(variant.method), "SWITCH_OFF_EXACT", False):
-        row("switch_off_exact", float(switch_off_exact(ctx, variant, base_test)), "1", domain="base")
+    if getattr((methods or registry()).get(variant.method), "SWITCH_OFF_EXACT", False):
+        exact = exact or ExactReference.of(ctx, base_test)
+        row("switch_off_exact", float(switch_off_exact(ctx, variant, exact)), "1", domain="base")
     if variant.method == "pretrained":  # the paired-shift control: the same test images before the transform
         for d in names:
             quality_rows("source", ctx.quality(variant.local(d), ctx.split(f"{d}_test_source")), d, d, d)
@@ -165,12 +185,13 @@ def evaluate_all(ctx: Context, per_image: dict[str, torch.Tensor] | None = None
     pre = ctx.pretrained()
     reference = ctx.psnr(ctx.link(pre, pre), ctx.split("base_test"))
     chosen = choices(ctx.params, ctx.paths)
+    exact, methods = ExactReference.of(ctx, ctx.split("base_test")), registry()
     rows, first = [], None
     for seed in range(ctx.params.adapt.seeds):
         sctx = dataclasses.replace(ctx, trial=Trial(seed), chosen=chosen)
         variants = all_variants(sctx, reference=seed == 0)
         for v in variants:
-            rows += measure(sctx, v, reference, fp32_bytes(pre), per_image)
+            rows += measure(sctx, v, reference, fp32_bytes(pre), per_image, exact, methods)
         first = first or variants
     return rows, reference, first
 

@@ -23,26 +23,38 @@ def self_link(model):
     return lambda x, gen: model(x, gen)
 
 
+def train_base(params: Params, train_x: torch.Tensor, *, seed: int, epochs: int, device, checkpoint, key: str,
+               desc: str = "pretrain", on_epoch=None):
+    """A base model pretrained with the params' recipe (Adam, ``pretrain.schedule`` over ``epochs``,
+    ``pretrain.clip``, ``pretrain.batch_size``): ``seed`` draws the initial weights, the data order and
+    the channel noise. Returns the model (in train mode) and the per-epoch history."""
+    pre = params.pretrain
+    torch.manual_seed(seed)
+    model = build_model(params).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=pre.lr)
+    steps = epochs * -(-len(train_x) // pre.batch_size)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pre.lr, total_steps=steps, pct_start=0.15)
+             if pre.schedule == "onecycle" else None)
+    history = fit(model, opt, train_x, lambda x, gen: model(x, gen), epochs=epochs,
+                  batch_size=pre.batch_size, seed=seed, device=device, checkpoint=checkpoint, key=key, desc=desc,
+                  on_epoch=None if on_epoch is None else (lambda epoch, loss: on_epoch(model, epoch, loss)),
+                  scheduler=sched, clip=pre.clip)
+    return model, history
+
+
 def main(params: Params, paths: Paths) -> None:
     rt = setup_runtime(params)
     device = rt.pop("device_obj")
     train_x, test_x = load_split(paths, "base_train"), load_split(paths, "base_test")
     domain_tests = {d: load_split(paths, f"{d}_test") for d in params.domains.names}
     checkpoint = paths.checkpoints / "pretrain.pt"
-    torch.manual_seed(params.pretrain.seed)
-    model = build_model(params).to(device)
-    pre = params.pretrain
-    opt = torch.optim.Adam(model.parameters(), lr=pre.lr)
-    steps = pre.epochs * -(-len(train_x) // pre.batch_size)
-    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pre.lr, total_steps=steps, pct_start=0.15)
-             if pre.schedule == "onecycle" else None)
     ev = dict(noise_seed=params.evaluate.noise_seed, batch_size=256, device=device)
     with Tracker(params, paths, "pretrain") as tracker:
         tracker.set_tags(rt)
 
         trained = []  # epochs trained and timed here: after a resume, not those the checkpoint holds
 
-        def on_epoch(epoch, loss):
+        def on_epoch(model, epoch, loss):
             trained.append(epoch)
             model.eval()
             return {"test_psnr": evaluate_psnr(self_link(model), test_x, **ev)}
@@ -50,10 +62,8 @@ def main(params: Params, paths: Paths) -> None:
         key = fingerprint("pretrain", data_fingerprint(train_x, test_x),
                           params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
         start = time.perf_counter()
-        history = fit(model, opt, train_x, lambda x, gen: model(x, gen), epochs=params.pretrain.epochs,
-                      batch_size=pre.batch_size, seed=pre.seed, device=device,
-                      checkpoint=checkpoint, key=key, desc="pretrain",
-                      on_epoch=on_epoch, scheduler=sched, clip=pre.clip)
+        model, history = train_base(params, train_x, seed=params.pretrain.seed, epochs=params.pretrain.epochs,
+                                    device=device, checkpoint=checkpoint, key=key, on_epoch=on_epoch)
         seconds = time.perf_counter() - start
         tracker.log_history(history)
         model.eval()
