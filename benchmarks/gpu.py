@@ -47,7 +47,9 @@ def sweep_params(source: str, device: str, tiny: bool, threads: int) -> dict:
     if tiny:
         raw = profile.shrink(raw)
     raw["pretrain"]["epochs"] = 2
-    raw["adapt"].update({"epochs": 1 if tiny else 2, "sparsities": list(SWEEP_SPARSITIES)})
+    raw["adapt"].update({"epochs": 1 if tiny else 2, "sparsities": list(SWEEP_SPARSITIES), "seeds": 1,
+                         "freeze_epochs": 0})
+    raw["ablate"]["studies"] = []  # the sweep runs the sam stage only
     raw["train"].update({"device": device, "threads": threads})
     config.parse(raw)
     return raw

@@ -202,7 +202,8 @@ def test_gpu_rows_code_path_runs_on_any_device(params, tmp_path):
         got, note = rows.gpu_rows(params, tiny, tmp_path, [0.01, 0.0003], device="cpu")
     assert len(got) == 7 and all(r.status in ("PASS", "FAIL", "INFO") for r in got)  # 5 + bf16/fp32, channels_last
     assert all(math.isfinite(v) and v > 0 for r in got for v in r.metrics.values())
-    assert all(r.name.startswith("GPU ") for r in got) and "width 32" in note
+    width = profile.render("paper")["model"]["width"]
+    assert all(r.name.startswith("GPU ") for r in got) and f"width {width} from profiles/paper.yaml" in note
 
 
 def test_gpu_script_skips_with_one_line_without_cuda(tmp_path, monkeypatch, capsys):
