@@ -136,6 +136,45 @@ def test_pool_gives_the_same_bytes_as_local(pretrained):
     assert without_timing(pooled) == metrics
 
 
+def test_a_pool_worker_killed_mid_cell_leaves_the_numbers_of_an_uninterrupted_run(pretrained, capsys):
+    """A real SIGKILL of the worker computing a cell (found by its ``.tmp-<cell>-<pid>`` folder): the
+    pool reruns the unfinished cells and the stage's files are those of an uninterrupted local run."""
+    import threading
+    import time
+    local = run_sam(pretrained)
+    expected, metrics = digests(local), without_timing(local)
+    store = pretrained.paths.cell_store("sam")
+    for p in store.iterdir():
+        for f in p.iterdir():
+            f.unlink()
+        p.rmdir()
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            for tmp in store.glob(".tmp-*"):
+                pid = int(tmp.name.rsplit("-", 1)[1])
+                if pid != os.getpid():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                    except ProcessLookupError:
+                        pass
+                    break
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    pooled = run_sam(pretrained, "pool", workers=2)
+    thread.join(timeout=5)
+    assert killed, "no worker was caught mid-cell"
+    assert "a worker died" in capsys.readouterr().out
+    assert {k: v for k, v in digests(pooled).items() if k.endswith(".safetensors")} == \
+        {k: v for k, v in expected.items() if k.endswith(".safetensors")}
+    assert without_timing(pooled) == metrics
+
+
 def test_executor_settings(monkeypatch):
     assert executors.make("local", threads=1).kind == "local"
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
