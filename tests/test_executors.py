@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -32,6 +33,21 @@ def without_timing(folder) -> dict:
 def stored(project, method="sam") -> list[str]:
     store = project.paths.cell_store(method)
     return sorted(p.name for p in store.iterdir()) if store.is_dir() else []
+
+
+def local_reference(project) -> tuple[dict, dict]:
+    """A local run's safetensors digests and metrics, then the cell store emptied (so the next run
+    computes every cell again)."""
+    local = run_sam(project)
+    expected = {k: v for k, v in digests(local).items() if k.endswith(".safetensors")}
+    metrics = without_timing(local)
+    shutil.rmtree(project.paths.cell_store("sam"))
+    return expected, metrics
+
+
+def assert_same_files(folder, expected: dict, metrics: dict) -> None:
+    assert {k: v for k, v in digests(folder).items() if k.endswith(".safetensors")} == expected
+    assert without_timing(folder) == metrics
 
 
 @pytest.fixture
@@ -124,16 +140,9 @@ def test_two_workers_finishing_the_same_cell_keep_one_copy(pretrained):
 
 
 def test_pool_gives_the_same_bytes_as_local(pretrained):
-    local = run_sam(pretrained)
-    expected, metrics = digests(local), without_timing(local)
-    for p in pretrained.paths.cell_store("sam").iterdir():
-        for f in p.iterdir():
-            f.unlink()
-        p.rmdir()
+    expected, metrics = local_reference(pretrained)
     pooled = run_sam(pretrained, "pool", workers=2)
-    assert {k: v for k, v in digests(pooled).items() if k.endswith(".safetensors")} == \
-        {k: v for k, v in expected.items() if k.endswith(".safetensors")}
-    assert without_timing(pooled) == metrics
+    assert_same_files(pooled, expected, metrics)
 
 
 def test_a_pool_worker_killed_mid_cell_leaves_the_numbers_of_an_uninterrupted_run(pretrained, capsys):
@@ -141,13 +150,8 @@ def test_a_pool_worker_killed_mid_cell_leaves_the_numbers_of_an_uninterrupted_ru
     pool reruns the unfinished cells and the stage's files are those of an uninterrupted local run."""
     import threading
     import time
-    local = run_sam(pretrained)
-    expected, metrics = digests(local), without_timing(local)
+    expected, metrics = local_reference(pretrained)
     store = pretrained.paths.cell_store("sam")
-    for p in store.iterdir():
-        for f in p.iterdir():
-            f.unlink()
-        p.rmdir()
     killed = []
 
     def killer():
@@ -170,9 +174,7 @@ def test_a_pool_worker_killed_mid_cell_leaves_the_numbers_of_an_uninterrupted_ru
     thread.join(timeout=5)
     assert killed, "no worker was caught mid-cell"
     assert "a worker died" in capsys.readouterr().out
-    assert {k: v for k, v in digests(pooled).items() if k.endswith(".safetensors")} == \
-        {k: v for k, v in expected.items() if k.endswith(".safetensors")}
-    assert without_timing(pooled) == metrics
+    assert_same_files(pooled, expected, metrics)
 
 
 def test_executor_settings(monkeypatch):
@@ -227,14 +229,6 @@ def test_a_ray_worker_killed_mid_sweep_is_retried(tmp_path):
 def test_ray_gives_the_same_bytes_as_local(pretrained):
     """Needs a Ray head: ``ray start --head --node-ip-address 127.0.0.1`` and RAY_ADDRESS=127.0.0.1:6379
     (.ci/run does both); without RAY_ADDRESS a local Ray is started for the stage."""
-    local = run_sam(pretrained)
-    expected, metrics = digests(local), without_timing(local)
-    store = pretrained.paths.cell_store("sam")
-    for p in store.iterdir():
-        for f in p.iterdir():
-            f.unlink()
-        p.rmdir()
+    expected, metrics = local_reference(pretrained)
     remote = run_sam(pretrained, "ray")
-    assert {k: v for k, v in digests(remote).items() if k.endswith(".safetensors")} == \
-        {k: v for k, v in expected.items() if k.endswith(".safetensors")}
-    assert without_timing(remote) == metrics
+    assert_same_files(remote, expected, metrics)
