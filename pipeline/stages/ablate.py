@@ -254,6 +254,12 @@ def _best(means: pd.Series) -> str:
 
 
 # ------------------------------------------------------------------------------------------ bases
+def _base_key(params: Params, train_x: torch.Tensor, *what) -> str:
+    """The checkpoint key of a base a study pretrains: what it is, its data and the pretrain recipe."""
+    return fingerprint(*what, data_fingerprint(train_x),
+                       params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
+
+
 @dataclasses.dataclass
 class _OnBase(Context):
     """A context whose pretrained model is another base's file."""
@@ -280,8 +286,7 @@ def _bases(ctx: Context, pretrained_main: dict[str, float]) -> tuple[pd.DataFram
     base_psnr = {"main": ctx.psnr(ctx.self_link(ctx.pretrained()), ctx.split("base_test"))}
     for b in range(1, a.bases + 1):
         seed = params.pretrain.seed + b
-        key = fingerprint("base", seed, a.base_epochs, data_fingerprint(train_x),
-                          params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
+        key = _base_key(params, train_x, "base", seed, a.base_epochs)
         model, _ = train_base(params, train_x, seed=seed, epochs=a.base_epochs, device=ctx.device,
                               checkpoint=ctx.checkpoint(f"base-{b}"), key=key, desc=f"base {b}")
         path = ctx.checkpoints / f"base-{b}.safetensors"
@@ -347,8 +352,7 @@ def _budget(ctx: Context, pretrained_main: dict[str, float]) -> tuple[pd.DataFra
              "base_test_psnr": ctx.psnr(ctx.self_link(ctx.pretrained()), base_test),
              **{f"{d}_test_psnr": pretrained_main[d] for d in a.domains}}]
     for epochs in a.budget_epochs:
-        key = fingerprint("budget", params.pretrain.seed, epochs, data_fingerprint(train_x),
-                          params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
+        key = _base_key(params, train_x, "budget", params.pretrain.seed, epochs)
         model, _ = train_base(params, train_x, seed=params.pretrain.seed, epochs=epochs, device=ctx.device,
                               checkpoint=ctx.checkpoint(f"budget-{epochs}"), key=key, desc=f"budget {epochs}")
         model.eval()
