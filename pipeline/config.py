@@ -132,6 +132,8 @@ class Model(_Block):
     snr_db: Annotated[float, Field(ge=-30, le=60)]
     channel: Literal["awgn", "rayleigh"] = Field(
         description="awgn; rayleigh: block fading per image, receiver knows the coefficient (pipeline/model.py)")
+    norm: Literal["none", "gdn"] = Field(
+        default="none", description="none: conv -> PReLU; gdn: conv -> GDN (IGDN in the decoder) -> PReLU")
 
 
 class Train(_Block):

@@ -87,18 +87,53 @@ def apply_channel(kind: str, z: torch.Tensor, snr_db: float, generator: torch.Ge
     return CHANNELS[kind](z, snr_db, generator)
 
 
+NORMS = ("none", "gdn")
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Ballé et al., 2016), as in DeepJSCC-f (Kurka & Gündüz):
+    ``y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2)``, or with ``inverse`` its approximate inverse
+    ``x_i * sqrt(...)`` (IGDN, the decoder's). ``beta`` and ``gamma`` are kept positive by a softplus of
+    free parameters, initialised to beta = 1 and gamma = 0.1 I (off-diagonal 1e-3)."""
+
+    def __init__(self, channels: int, inverse: bool = False):
+        super().__init__()
+        self.inverse = inverse
+        inv = lambda v: math.log(math.expm1(v))  # softplus^-1
+        self.beta = nn.Parameter(torch.full((channels,), inv(1.0)))
+        self.gamma = nn.Parameter(torch.full((channels, channels), inv(1e-3)).fill_diagonal_(inv(0.1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        gamma = nn.functional.softplus(self.gamma).view(c, c, 1, 1)
+        norm = nn.functional.conv2d(x * x, gamma, nn.functional.softplus(self.beta) + 1e-6)
+        return x * norm.sqrt() if self.inverse else x * norm.rsqrt()
+
+
+def _stack(convs: list[nn.Module], norm: str, inverse: bool) -> nn.Sequential:
+    """conv [-> GDN] -> PReLU for every conv but the last. With ``norm`` none the layer indices are the
+    ones every stored file has (``encoder.net.0`` ... ``encoder.net.8``)."""
+    layers: list[nn.Module] = []
+    for conv in convs[:-1]:
+        layers.append(conv)
+        if norm == "gdn":
+            layers.append(GDN(conv.out_channels, inverse=inverse))
+        layers.append(nn.PReLU(conv.out_channels))
+    return nn.Sequential(*layers, convs[-1])
+
+
 class Encoder(nn.Module):
     """Tx: image in [0, 1] -> un-normalised latent (c, 8, 8)."""
 
-    def __init__(self, width: int, channels: int):
+    def __init__(self, width: int, channels: int, norm: str = "none"):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, width, 5, stride=2, padding=2), nn.PReLU(width),
-            nn.Conv2d(width, 2 * width, 5, stride=2, padding=2), nn.PReLU(2 * width),
-            nn.Conv2d(2 * width, 2 * width, 5, padding=2), nn.PReLU(2 * width),
-            nn.Conv2d(2 * width, 2 * width, 5, padding=2), nn.PReLU(2 * width),
+        self.net = _stack([
+            nn.Conv2d(3, width, 5, stride=2, padding=2),
+            nn.Conv2d(width, 2 * width, 5, stride=2, padding=2),
+            nn.Conv2d(2 * width, 2 * width, 5, padding=2),
+            nn.Conv2d(2 * width, 2 * width, 5, padding=2),
             nn.Conv2d(2 * width, channels, 5, padding=2),
-        )
+        ], norm, inverse=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -107,15 +142,15 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Rx: received latent (c, 8, 8) -> image in [0, 1] (sigmoid output)."""
 
-    def __init__(self, width: int, channels: int):
+    def __init__(self, width: int, channels: int, norm: str = "none"):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, 2 * width, 5, padding=2), nn.PReLU(2 * width),
-            nn.Conv2d(2 * width, 2 * width, 5, padding=2), nn.PReLU(2 * width),
-            nn.Conv2d(2 * width, 2 * width, 5, padding=2), nn.PReLU(2 * width),
-            nn.ConvTranspose2d(2 * width, width, 5, stride=2, padding=2, output_padding=1), nn.PReLU(width),
+        self.net = _stack([
+            nn.Conv2d(channels, 2 * width, 5, padding=2),
+            nn.Conv2d(2 * width, 2 * width, 5, padding=2),
+            nn.Conv2d(2 * width, 2 * width, 5, padding=2),
+            nn.ConvTranspose2d(2 * width, width, 5, stride=2, padding=2, output_padding=1),
             nn.ConvTranspose2d(width, 3, 5, stride=2, padding=2, output_padding=1),
-        )
+        ], norm, inverse=True)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(y))
@@ -124,14 +159,17 @@ class Decoder(nn.Module):
 class SCModel(nn.Module):
     """One agent's SC system. ``forward`` is the full link Tx -> channel -> Rx."""
 
-    def __init__(self, width: int = 16, bandwidth_ratio: float = 1 / 6, snr_db: float = 10.0, channel: str = "awgn"):
+    def __init__(self, width: int = 16, bandwidth_ratio: float = 1 / 6, snr_db: float = 10.0, channel: str = "awgn",
+                 norm: str = "none"):
         super().__init__()
         if channel not in CHANNELS:
             raise ValueError(f"unknown channel {channel!r}; known: {sorted(CHANNELS)}")
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; known: {list(NORMS)}")
         self.channels = latent_channels(bandwidth_ratio)
         self.snr_db, self.channel = snr_db, channel  # what the agent trains on (``forward``'s defaults)
-        self.encoder = Encoder(width, self.channels)
-        self.decoder = Decoder(width, self.channels)
+        self.encoder = Encoder(width, self.channels, norm)
+        self.decoder = Decoder(width, self.channels, norm)
 
     def transmit(self, x: torch.Tensor) -> torch.Tensor:
         """Channel symbols, unit mean power per image."""

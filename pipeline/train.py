@@ -301,7 +301,7 @@ def _identity(y: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------- model I/O
 def build_model(params: Params) -> SCModel:
     return SCModel(width=params.model.width, bandwidth_ratio=params.model.bandwidth_ratio,
-                   snr_db=params.model.snr_db, channel=params.model.channel)
+                   snr_db=params.model.snr_db, channel=params.model.channel, norm=params.model.norm)
 
 
 def save_model(model: nn.Module, path: Path, meta: dict[str, str]) -> None:

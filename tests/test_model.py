@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.model import (CHANNELS, IMAGE_SHAPE, LATENT_HW, SCModel, apply_channel, awgn, latent_channels,
+from pipeline.model import (CHANNELS, GDN, IMAGE_SHAPE, LATENT_HW, SCModel, apply_channel, awgn, latent_channels,
                             power_normalize, rayleigh)
 
 
@@ -172,3 +172,33 @@ def test_bandwidth_is_stated_in_both_conventions():
     assert bandwidth_note(1 / 6) == ("512 real symbols per 3072 source values (8x8x8 latent): k/n = 1/6 in real "
                                      "channel uses = 1/12 in complex channel uses")
     assert latent_channels(0.3333333) == 16 and "= 1/6 in complex channel uses" in bandwidth_note(0.3333333)
+
+
+def test_the_default_model_keeps_the_layer_layout_of_every_stored_file():
+    """norm none builds conv -> PReLU exactly as before GDN existed: the same state_dict keys, in order."""
+    keys = list(SCModel(width=4).state_dict())
+    want = [f"{part}.net.{i}.{p}" for part in ("encoder", "decoder") for i in range(9)
+            for p in (("weight", "bias") if i % 2 == 0 else ("weight",))]
+    assert keys == want
+
+
+def test_gdn_divides_by_the_learned_norm_and_igdn_multiplies():
+    gdn, igdn = GDN(2), GDN(2, inverse=True)
+    x = torch.tensor([[[[1.0]], [[-2.0]]]])  # (1, 2, 1, 1)
+    beta, gamma, off = 1.0 + 1e-6, 0.1, 1e-3  # the initialisation: beta 1, gamma 0.1 I, off-diagonal 1e-3
+    norm = torch.tensor([beta + gamma * 1 + off * 4, beta + off * 1 + gamma * 4])
+    assert torch.allclose(gdn(x).flatten(), x.flatten() / norm.sqrt(), atol=1e-6)
+    assert torch.allclose(igdn(x).flatten(), x.flatten() * norm.sqrt(), atol=1e-6)
+    gdn(x).sum().backward()
+    assert gdn.gamma.grad[0, 1] != 0, "the off-diagonal weights learn (softplus, never a dead zero)"
+
+
+def test_a_gdn_model_has_gdn_in_both_halves_and_trains():
+    model = SCModel(width=4, norm="gdn")
+    kinds = [type(m).__name__ for m in model.encoder.net] + [type(m).__name__ for m in model.decoder.net]
+    assert kinds.count("GDN") == 8 and kinds.count("PReLU") == 8
+    assert [m.inverse for m in model.decoder.net if isinstance(m, GDN)] == [True] * 4
+    nn.functional.mse_loss(model(images(3), gen(0)), images(3)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with pytest.raises(ValueError, match="batchnorm"):
+        SCModel(width=4, norm="batchnorm")
