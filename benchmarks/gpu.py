@@ -97,12 +97,13 @@ def gpu_section(name: str, rows: list[Row], info: dict[str, str], notes: list[st
     return "\n".join(lines + ["", END]) + "\n"
 
 
-def upsert_section(path: Path, section: str) -> None:
-    """Put ``section`` into the report at ``path``: in place of the previous GPU section, else at its end."""
+def upsert_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``section`` into the report at ``path``: in place of the previous section between the markers
+    ``begin`` and ``end`` (the GPU section's by default), else at its end."""
     text = path.read_text() if path.is_file() else "# zfda-bench benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)

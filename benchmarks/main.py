@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +79,17 @@ NOTES = ("Switch: `set_sam_enabled` only flips flags; the merged weight W0 + m‚ä
          "1024 with AMX, else the fp32 figure.")
 
 
+_SECTION = re.compile(r"<!-- (benchmarks\.\w+): begin -->.*?<!-- \1: end -->\n?", re.S)
+
+
+def kept_sections(path: Path) -> str:
+    """The sections other benchmark modules wrote into ``path`` between their markers (GPU, executors):
+    a new run of this module rewrites its own part and keeps them."""
+    if not path.is_file():
+        return ""
+    return "".join("\n" + m.group(0).rstrip("\n") + "\n" for m in _SECTION.finditer(path.read_text()))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=REPO,
@@ -129,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(rows, info, sections, (gpu_note, *NOTES))
     print(text, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    args.out.write_text(text + kept_sections(args.out))
     print(f"written: {args.out}", flush=True)
     log(params, paths, args, info, rows)
     return 0

@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from benchmarks import gpu, history, main, micro, report, rows, scaling, throughput, timing
+from benchmarks import executors, gpu, history, main, micro, report, rows, scaling, throughput, timing
 from pipeline import config, profile, train
 from pipeline.paths import REPO
 
@@ -365,3 +365,29 @@ def test_main_quick_writes_the_report_and_logs_to_mlflow(project, monkeypatch):
     assert "pretrain_fit_throughput_ratio" in run.data.metrics and "pretrain_bf16_speedup" in run.data.metrics
     assert "pretrain_fp32_gflops" in run.data.metrics and "pretrain_bf16_psnr_delta_db" in run.data.metrics
     assert [a.path for a in client.list_artifacts(run.info.run_id, "benchmark")] == ["benchmark/benchmarks.md"]
+    # a second run rewrites its own part and keeps the sections other modules wrote (GPU, executors)
+    gpu.upsert_section(out, gpu.gpu_section("GPU A", [report.Row("x", "1 s")], {"gpu": "A"}, []))
+    gpu.upsert_section(out, executors.section([report.Row("y", "2 s")], {"k": "v"}), executors.BEGIN, executors.END)
+    assert main.main(["--quick", "--out", str(out), "--root", str(project.root)]) == 0
+    text = out.read_text()
+    assert text.count("| Measurement ") == 3 and text.count(gpu.BEGIN) == 1 and text.count(executors.BEGIN) == 1
+    assert "## GPU: GPU A" in text and "## Executors" in text and text.startswith("# zfda-bench benchmarks")
+
+
+def test_executors_script_runs_one_sweep_per_executor_and_compares_the_bytes(tmp_path, monkeypatch):
+    """local and pool on the tiny sweep (Ray: the same code path under ``-m ray``, .ci/run); a report
+    with another section keeps it."""
+    monkeypatch.setenv("ZFDA_EXECUTION", "pytest-executors")
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# zfda-bench benchmarks\n\n| cpu table |\n")
+    with timing.cpu_runtime(1):
+        assert executors.main(["--tiny", "--executors", "local,pool", "--workers", "2", "--epochs", "1",
+                               "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    text = out.read_text()
+    assert text.startswith("# zfda-bench benchmarks\n\n| cpu table |\n") and "## Executors" in text
+    local, pool = _cells(text)[-2:]
+    assert local[0].startswith("sam stage over ") and local[0].endswith("cells, local (1 process, 1 thread)")
+    assert "pool (2 worker processes)" in pool[0] and "identical to local" in pool[1] and pool[4] == "PASS"
+    assert (tmp_path / "work" / "pool" / "build" / "builtin-quick" / "adapt" / "sam").is_dir()
+    with pytest.raises(SystemExit, match="local first"):
+        executors.main(["--executors", "pool,local"])
