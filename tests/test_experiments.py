@@ -48,3 +48,35 @@ def test_a_temporary_experiment_runs_and_logs_to_the_project(tmp_path, mlflow_te
     exp = client.get_experiment_by_name("zfda-bench")
     stages = {r.data.tags.get("stage") for r in client.search_runs([exp.experiment_id])}
     assert {"pretrain", "adapt_sam"} <= stages
+
+
+@pytest.mark.slow
+def test_a_queued_experiment_runs_through_dvc_queue(tmp_path, mlflow_template):
+    """`dvc exp run --queue -S ...` then `dvc queue start`: the queue's worker runs the experiment in its
+    temporary copy; it succeeds, `dvc exp show` lists it, and it logged to the project's mlflow.db and
+    cell store (the paths that would break in the copy)."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from .dvc_copy import DVC_TIMEOUT, dvc, dvc_ok, make_copy
+    repo = make_copy(tmp_path / "repo", mlflow_template)
+    dvc_ok(repo, "exp", "run", "--queue", "-n", "queued-a", "-S", "adapt.value_lr=0.006", "adapt_sam")
+    try:
+        dvc_ok(repo, "queue", "start", "-j", "1")
+        deadline, status = time.monotonic() + DVC_TIMEOUT, ""
+        while time.monotonic() < deadline:
+            status = dvc_ok(repo, "queue", "status").stdout
+            if "queued-a" in status and ("Success" in status or "Failed" in status):
+                break
+            time.sleep(2)
+        logs = dvc(repo, "queue", "logs", "queued-a")
+        assert "Success" in status, f"queue status:\n{status}\nlogs:\n{logs.stdout}{logs.stderr}"
+    finally:
+        dvc(repo, "queue", "stop", "--kill")
+    show = json.loads(dvc_ok(repo, "exp", "show", "--json").stdout)
+    assert "queued-a" in json.dumps(show) and "0.006" in json.dumps(show)
+    assert list((repo / ".cells").glob("*/sam/*")), "the queued experiment's cells are in the project's store"
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("zfda-bench")
+    assert {"pretrain", "adapt_sam"} <= {r.data.tags.get("stage") for r in client.search_runs([exp.experiment_id])}
