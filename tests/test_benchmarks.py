@@ -274,7 +274,9 @@ def test_scaling_rows_fit_and_predict_from_per_size_results():
     fit = next(r for r in got if r.name.startswith("Scaling fit:"))
     assert fit.metrics == pytest.approx({"scaling_fit_a": 13.0, "scaling_fit_b": 10.0, "scaling_fit_c": 12.0})
     pred = next(r for r in got if r.name.startswith("Scaling fit prediction"))
-    assert pred.metrics["scaling_prediction_quick_s"] == pytest.approx(13 + 10 * 16 + 12 * 4)  # quick: 4 x 4
+    quick = profile.render("quick")
+    qd, qs = len(quick["domains"]["names"]), len(quick["adapt"]["sparsities"])
+    assert pred.metrics["scaling_prediction_quick_s"] == pytest.approx(13 + 10 * qd * qs + 12 * qd)
     assert [r.status for r in got[:4]] == ["INFO", "INFO", "INFO", "FAIL"]
     table = _cells(section)
     assert table[0] == ["Stage", "2×1", "2×2", "4×2", "4×4"] and table[1][0] == "(dvc start)"

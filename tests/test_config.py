@@ -338,7 +338,8 @@ def test_flat_params_uses_dotted_keys_for_every_leaf():
     assert all(not isinstance(v, dict) for v in flat.values())
     def leaves(d):
         return sum(leaves(v) if isinstance(v, dict) else 1 for v in d.values())
-    assert len(flat) == leaves(quick())
+    # every leaf of the validated params, defaults the profile does not spell out (model.norm) included
+    assert len(flat) == leaves(parse(quick()).model_dump(mode="json")) and flat["model.norm"] == "none"
     assert flat["data.builtin.scales"] == [1.0, 0.5, 0.25] and flat["model.channel"] == "awgn"
 
 
