@@ -29,12 +29,18 @@ from pipeline.profile import merge
 from pipeline.stages.pretrain import load_split, train_base
 from pipeline.train import data_fingerprint, evaluate_psnr, fingerprint, setup_runtime
 
-# name -> (overrides, why it is tried). The first, "profile", is the recipe the full profile had when the
-# search was made; the search chose batch 32, which the profile now uses. Every recipe spells out its
-# batch size (``_was``), so a recipe stays the training the committed CSV measured whatever the profile
-# says now.
+# The recipe the full profile had when the search was made. Every recipe is a change of it (``_was``), not
+# of the profile's current recipe (the search chose batch 32, which the profile now uses), so each recipe
+# stays the training the committed CSV measured whatever the profile says later.
+SEARCH_START = {"pretrain": {"lr": 0.001, "schedule": "onecycle", "batch_size": 128, "clip": 1.0},
+                "model": {"norm": "none"}}
+
+
 def _was(pretrain: dict | None = None, model: dict | None = None) -> dict:
-    return {"pretrain": {"batch_size": 128, **(pretrain or {})}, **({"model": model} if model else {})}
+    return merge(SEARCH_START, {"pretrain": pretrain or {}, "model": model or {}})
+
+
+# name -> (overrides, why it is tried). The first, "profile", is SEARCH_START itself.
 
 
 RECIPES: dict[str, tuple[dict, str]] = {

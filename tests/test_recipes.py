@@ -44,3 +44,18 @@ def test_a_recipe_measured_with_other_settings_is_trained_again():
 def test_the_search_needs_the_domains_stage_first(project):
     with pytest.raises(SystemExit, match="dvc repro domains"):
         recipes.run(project.raw, 1, project.root, TWO)
+
+
+def test_the_committed_recipes_do_not_follow_the_profiles_current_recipe():
+    """The search's rows stay the trainings they measured when the profile's recipe changes (it did:
+    batch 128 -> 32): every recipe resolves to the same settings on top of any pretrain block."""
+    from pipeline import profile
+    from pipeline.profile import merge
+    full = profile.render("full")
+    other = merge(full, {"pretrain": {"lr": 0.0003, "batch_size": 16, "clip": 0.0, "schedule": "constant"},
+                         "model": {"norm": "gdn"}})
+    for name, (overrides, _why) in recipes.RECIPES.items():
+        a, b = (recipes.recipe_params(raw, overrides, 30) for raw in (full, other))
+        assert (a.pretrain, a.model.norm) == (b.pretrain, b.model.norm), name
+    start = recipes.recipe_params(full, recipes.RECIPES["profile"][0], 30).pretrain
+    assert (start.lr, start.batch_size, start.clip, start.schedule) == (0.001, 128, 1.0, "onecycle")
