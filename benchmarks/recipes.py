@@ -41,8 +41,6 @@ def _was(pretrain: dict | None = None, model: dict | None = None) -> dict:
 
 
 # name -> (overrides, why it is tried). The first, "profile", is SEARCH_START itself.
-
-
 RECIPES: dict[str, tuple[dict, str]] = {
     "profile": (_was(), "the full profile's recipe before this search: one-cycle Adam, peak 1e-3, clip 1, batch 128"),
     "peak2e-3": (_was({"lr": 0.002}), "a higher peak (2e-3 without clipping diverged at epoch 15)"),
