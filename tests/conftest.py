@@ -200,3 +200,10 @@ def kill_copy(tmp_path_factory, mlflow_template) -> Path:
     """The copy in which stages are killed and resumed."""
     from .dvc_copy import make_copy
     return make_copy(tmp_path_factory.mktemp("killed") / "repo", mlflow_template)
+
+
+@pytest.fixture
+def df(tmp_path):
+    """The synthetic evaluation table of tests/synthetic.py, written and read back like the stages do."""
+    from .synthetic import through_csv, tidy
+    return through_csv(tidy(), tmp_path)

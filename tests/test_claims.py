@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import claims, stats
 
-from .test_report import DOMAINS, domain_psnr, half_width, through_csv, tidy, write
+from .synthetic import DOMAINS, domain_psnr, half_width, through_csv, tidy, write
 
 SEEDS = (0, 1, 2)
 
