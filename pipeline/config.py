@@ -7,11 +7,12 @@ value and what is allowed, before any stage does work. Paths are derived from th
 from __future__ import annotations
 
 import math
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .domains import DOMAINS
 from .paths import REPO
@@ -28,7 +29,8 @@ class ConfigError(InputError):
     """Invalid params: the message is one line naming key, value and what is allowed."""
 
 
-class _Block(BaseModel):
+class Block(BaseModel):
+    """A params block: typed, ranged, frozen, no unknown keys (method and study blocks subclass it)."""
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     @field_validator("*", mode="before")
@@ -39,6 +41,8 @@ class _Block(BaseModel):
             raise ValueError("a boolean is not allowed here")
         return v
 
+
+_Block = Block
 
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
@@ -168,42 +172,15 @@ class Adapt(_Block):
     seed: Seed
     seeds: Annotated[int, Field(ge=1, le=100)] = Field(
         description="replicates: seed i (0..seeds-1) adapts with adapt.seed + i (data order, noise, init)")
+    methods: tuple[str, ...] = Field(min_length=1, description="the methods the adapt stage runs and evaluate "
+                                     "compares: names of pipeline/methods/<name>.py (their NEEDS included)")
 
-    @field_validator("sparsities")
+    @field_validator("sparsities", "methods")
     @classmethod
     def _unique(cls, v):
         if len(set(v)) != len(v):
-            raise ValueError("sparsity ratios must be unique")
+            raise ValueError("entries must be unique")
         return v
-
-
-class Tuning(_Block):
-    lr: LearningRate
-    retune_epochs: Epochs
-
-
-class Equalizer(_Block):
-    hidden: Annotated[int, Field(ge=1, le=1024)]
-    blocks: Annotated[int, Field(ge=1, le=16)]
-    epochs: Epochs
-    lr: LearningRate
-
-
-class Lora(_Block):
-    """lora: low-rank adapters on the conv and transposed-conv weights (ranks sized to sam's bytes)."""
-    lr: LearningRate = Field(description="Adam learning rate of the adapters (adapt.epochs, adapt.seed)")
-
-
-class Bitfit(_Block):
-    """bitfit: biases and PReLU slopes only."""
-    lr: LearningRate = Field(description="Adam learning rate of the biases and slopes (adapt.epochs, adapt.seed)")
-
-
-class DeltaTopk(_Block):
-    """delta_topk: the top-k of |W_tuned - W0| per layer under sam's budget, optionally re-trained on that mask."""
-    retrain_epochs: Annotated[int, Field(ge=0, le=10_000)] = Field(
-        description="0: one-shot sparse delta; > 0: epochs re-training the kept values on the fixed mask")
-    lr: LearningRate = Field(description="Adam learning rate of the kept values when retrain_epochs > 0")
 
 
 class Evaluate(_Block):
@@ -260,7 +237,8 @@ GridValue = int | float | str
 Grid = dict[str, tuple[GridValue, ...]]
 
 
-class Params(_Block):
+class ParamsBase(_Block):
+    """Every block but the methods'; ``Params`` adds one block per method that has a ``Config``."""
     profile: Literal["quick", "paper", "ci", "full"]
     data: Data
     domains: Domains
@@ -269,11 +247,6 @@ class Params(_Block):
     execute: Execute
     pretrain: Pretrain
     adapt: Adapt
-    tuning: Tuning
-    equalizer: Equalizer
-    lora: Lora
-    bitfit: Bitfit
-    delta_topk: DeltaTopk
     evaluate: Evaluate
     ablate: Ablate
     search: dict[str, Grid] = Field(description="per method, dotted param -> values tried; chosen on validation "
@@ -286,6 +259,18 @@ class Params(_Block):
     def _search(self):
         from .selection import check_search
         check_search(self)
+        return self
+
+    @model_validator(mode="after")
+    def _methods(self):
+        from .methods import registry
+        known = registry()
+        for name in self.adapt.methods:
+            if name not in known:
+                raise ValueError(f"adapt.methods: unknown method {name!r}; known: {sorted(known)} (pipeline/methods/)")
+            missing = [n for n in getattr(known[name], "NEEDS", ()) if n not in self.adapt.methods]
+            if missing:
+                raise ValueError(f"adapt.methods: {name} needs {missing} (its NEEDS) among adapt.methods")
         return self
 
     @model_validator(mode="after")
@@ -329,7 +314,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def flat_params(params: Params) -> dict:
+def flat_params(params: ParamsBase) -> dict:
     """Dotted-key view of every param (what MLflow logs)."""
     return _flatten(params.model_dump(mode="json"))
 
@@ -350,17 +335,17 @@ def _one_line(err: ValidationError, raw: dict) -> str:
     return f"params: {key} = {value!r}: {msg}{more}"
 
 
-def parse(raw: object) -> Params:
+def parse(raw: object) -> ParamsBase:
     """Validate a params mapping; raise ConfigError with one line on the first problem."""
     if not isinstance(raw, dict):
         raise ConfigError(f"params: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        return params_model().model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_one_line(err, raw)) from None
 
 
-def load(path: str | Path | None = None) -> Params:
+def load(path: str | Path | None = None) -> ParamsBase:
     """Read and validate ``params.yaml`` (or ``path``)."""
     path = Path(path) if path else REPO / "params.yaml"
     try:
@@ -370,3 +355,34 @@ def load(path: str | Path | None = None) -> Params:
     except yaml.YAMLError as err:
         raise ConfigError(f"params: {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     return parse(raw)
+
+
+# ------------------------------------------------------------------------------------------ Params
+_composing = False
+
+
+@cache
+def params_model() -> type[ParamsBase]:
+    """``Params``: ``ParamsBase`` plus one block per method whose file defines a ``Config`` (the block's
+    key is the method's NAME), composed from the registry (``pipeline/methods/``) on first use."""
+    global _composing
+    if _composing:
+        raise RuntimeError("pipeline.config.Params was used while the method registry loads: import it "
+                           "under TYPE_CHECKING in modules that the methods import")
+    _composing = True
+    try:
+        from .methods import registry
+        blocks = {name: (m.Config, ...) for name, m in sorted(registry().items()) if hasattr(m, "Config")}
+    finally:
+        _composing = False
+    return create_model("Params", __base__=ParamsBase, __module__=__name__, **blocks)
+
+
+def __getattr__(name: str):
+    if name == "Params":
+        return params_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # for type checkers: the composed model has ParamsBase's fields and the methods' blocks
+    Params = ParamsBase

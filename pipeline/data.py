@@ -6,6 +6,8 @@ Images travel as uint8 arrays ``(N, 32, 32, 3)`` (HWC RGB), saved with ``np.save
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import io
 import pickle
 import socket
@@ -15,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import BUILTIN_PHOTOS, InputError, Params
+from .config import BUILTIN_PHOTOS, InputError
 from .domains import THUMB, apply_domain
 from .paths import Paths
+
+if TYPE_CHECKING:
+    from .config import Params
 
 
 

@@ -15,12 +15,12 @@ from typing import get_args
 
 import yaml
 
-from .config import STUDIES, ConfigError, Params, parse
+from .config import STUDIES, ConfigError, ParamsBase, parse
 from .paths import REPO
 from .storage import write_atomic
 
 PROFILES = REPO / "profiles"  # definitions that ship with the code, like pipeline/ itself
-NAMES = get_args(Params.model_fields["profile"].annotation)  # quick, paper, ci: the files that are profiles
+NAMES = get_args(ParamsBase.model_fields["profile"].annotation)  # quick, paper, ci: the files that are profiles
 SOURCES = ("builtin", "cifar100", "cifar10", "folder")
 HEADER = ("# Written by `python -m pipeline.profile {profile} --source {source}{flags}` from profiles/; "
           "edit profiles/*.yaml, not this file.\n")

@@ -136,3 +136,8 @@ def read_adapter(path: str | os.PathLike, kind: str, label: str, base_fp: str,
     except Exception as e:  # noqa: BLE001 - any parse failure means an unusable file
         raise fail(f"truncated or unreadable {label} file ({type(e).__name__})") from None
     return tensors, meta
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically: readers never see half a file, a failure keeps the old one."""
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())

@@ -9,6 +9,8 @@ start-up and every write run on one background thread per stage, off the stage's
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import os
 import queue
 import subprocess
@@ -17,8 +19,11 @@ import threading
 import time
 from pathlib import Path
 
-from .config import Params, flat_params
+from .config import flat_params
 from .paths import Paths
+
+if TYPE_CHECKING:
+    from .config import Params
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network calls from this offline tool
 os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -17,17 +17,20 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import InputError, Params
+from .config import InputError
 from .metrics import Quality, psnr_per_image, ssim_per_image
 from .model import SCModel
 from .storage import save_safetensors, write_atomic_with, wrong_kind
+
+if TYPE_CHECKING:
+    from .config import Params
 
 
 class ModelFileError(InputError):

@@ -136,19 +136,10 @@ def adapted_raw(raw: dict) -> dict:
 
 
 def adapt_every_cell(params: config.Params, paths: Paths) -> None:
-    """Pretrain, then the adapt stage of every method (sam per domain x sparsity, tuning per domain, then
-    the equalizers, which need every tuned agent; then every other method of the registry, each after
-    the methods it ``NEEDS``)."""
-    from pipeline.methods import registry
+    """Pretrain, then the adapt stage: every method of ``adapt.methods``, in waves that honour NEEDS."""
     from pipeline.stages import adapt, pretrain
     pretrain.main(params, paths)
-    done: list[str] = []
-    todo = ["sam", "tuning", "equalizer", *sorted(set(registry()) - {"sam", "tuning", "equalizer"})]
-    while todo:
-        method = next(m for m in todo if set(getattr(registry()[m], "NEEDS", ())) <= set(done))
-        adapt.main(params, paths, ["--method", method])
-        done.append(method)
-        todo.remove(method)
+    adapt.main(params, paths, [])
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import signal
 import pytest
 
 from pipeline import executors
+from pipeline import cells
 from pipeline.stages import adapt, pretrain
 
 from .conftest import adapted_raw
@@ -128,13 +129,13 @@ def test_two_workers_finishing_the_same_cell_keep_one_copy(pretrained):
     run_sam(pretrained)
     params, paths = pretrained.params, pretrained.paths
     module = registry()["sam"]
-    common = {"params": adapt.key_params(params, module), "code": adapt.code_digest(),
-              "inputs": adapt.input_digests(paths, module)}
+    common = {"params": cells.key_params(params, module), "code": cells.code_digest("sam"),
+              "inputs": cells.input_digests(paths, module)}
     d, s = params.domains.names[0], params.adapt.sparsities[0]
-    task = adapt.Task(params, paths, "sam", d, s, adapt.cell_key(module, d, s, common))
+    task = cells.Task(params, paths, "sam", d, s, cells.cell_key(module, d, s, common))
     assert task.stored.is_dir()  # the stage's own key: the same as computed here
     before = digests(task.stored)
-    assert adapt.compute(task)["domain_psnr"] == json.loads((task.stored / f"{d}-{s:g}.json").read_text())[
+    assert cells.compute(task)["domain_psnr"] == json.loads((task.stored / f"{d}-{s:g}.json").read_text())[
         "domain_psnr"]
     assert digests(task.stored) == before
 

@@ -50,7 +50,7 @@ def test_bad_grids_fail_in_one_line(tiny_params, search, message):
 
 
 def test_a_grid_key_outside_the_methods_params_is_refused(tiny_params):
-    from pipeline.stages.adapt import check_grid, method_module
+    from pipeline.cells import check_grid, method_module
     tiny_params["search"] = {"equalizer": {"tuning.lr": [1e-3, 1e-2]}}
     with pytest.raises(ConfigError, match=r"search\.equalizer\.tuning\.lr: not among the method's params"):
         check_grid(make_params(tiny_params), method_module("equalizer"))
@@ -104,7 +104,7 @@ def test_every_trial_is_a_cell_and_seeds_redraw(searched):
 
 
 def test_the_choice_is_the_best_mean_validation_psnr_and_ignores_test_numbers(searched):
-    from pipeline.stages.adapt import method_module
+    from pipeline.cells import method_module
     params, paths = searched.params, searched.paths
     module = method_module("tuning")
     chosen = selection.choose(params, paths, "tuning", module)
@@ -139,7 +139,7 @@ def test_evaluate_measures_every_seed_at_the_chosen_point_and_writes_the_grid(se
     assert all(r["setting"] == "(as params)" for r in grid if r["method"] == "equalizer")
     assert {json.loads(r["setting"])["adapt.value_lr"] for r in grid if r["method"] == "sam"} == {0.003, 0.1}
     # tuning_copy's domain PSNR of seed s is the chosen point's tuned agent of seed s on the test images
-    from pipeline.stages.adapt import method_module
+    from pipeline.cells import method_module
     chosen = selection.choose(params, paths, "tuning", method_module("tuning"))
     for r in rows:
         if r["method"] == "tuning_copy" and r["metric"] == "domain_psnr":
@@ -155,7 +155,7 @@ def test_the_mask_study_gives_every_mask_sams_grid_and_chooses_on_validation(sea
     import torch
 
     from pipeline.methods import Context
-    from pipeline.stages.adapt import method_module
+    from pipeline.cells import method_module
     from pipeline.stages.ablate import study
     params, paths = searched.params, searched.paths
     s = params.ablate.sparsity

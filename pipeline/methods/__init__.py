@@ -19,7 +19,10 @@ A method module defines:
 ``details`` must hold ``val_psnr``: the quality the method's hyper-parameters optimise, on validation
 images (``{domain}_val`` or ``base_val``), from which ``pipeline.selection`` chooses the grid point.
 
-Adding a method = one new file here + one ``adapt_<name>`` entry in ``dvc.yaml`` (README recipe).
+A method may also define ``Config``: a ``pipeline.config.Block`` (pydantic) holding its own params, found by the
+schema under the method's NAME (``lora.lr``), and ``check(params)``: a rule across blocks, raising ValueError.
+
+Adding a method = one new file here + its name in the profile's ``adapt.methods``.
 """
 from __future__ import annotations
 
@@ -28,17 +31,20 @@ import pkgutil
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..config import Params
+from ..config import ConfigError
 from ..data import load_images, to_tensor
 from ..model import SCModel, apply_channel
 from ..metrics import Quality
 from ..paths import Cell, Paths
 from ..selection import Trial
 from ..train import evaluate_psnr, evaluate_quality, evaluate_quality_fanout, load_model
+
+if TYPE_CHECKING:
+    from ..config import Params
 
 # Every cell's metrics JSON has exactly these keys, whatever the method (evaluation treats all alike).
 CELL_KEYS = ("method", "domain", "sparsity", "domain_psnr", "memory_bytes", "memory_cost_pct", "details")
@@ -187,3 +193,27 @@ def registry() -> dict[str, object]:
         if hasattr(module, "NAME") and hasattr(module, "adapt"):
             found[module.NAME] = module
     return found
+
+
+def active(params: Params) -> dict[str, object]:
+    """The methods of ``adapt.methods`` (the ones a run adapts and compares), by NAME."""
+    known = registry()
+    return {name: known[name] for name in params.adapt.methods}
+
+
+def waves(params: Params, only: list[str] | None = None) -> list[list[str]]:
+    """``adapt.methods`` (or the methods ``only``) in waves: a method runs in the wave after the last of its
+    NEEDS (those outside ``only`` count as done)."""
+    methods = active(params)
+    if only:
+        if unknown := sorted(set(only) - set(methods)):
+            raise ConfigError(f"adapt: methods {unknown} are not among adapt.methods {list(methods)}")
+        methods = {n: m for n, m in methods.items() if n in only}
+    done, out = set(active(params)) - set(methods), []
+    while not set(methods) <= done:
+        wave = [n for n, m in methods.items() if n not in done and set(getattr(m, "NEEDS", ())) <= done]
+        if not wave:
+            raise ConfigError(f"adapt.methods: NEEDS form a cycle among {sorted(set(methods) - done)}")
+        out.append(wave)
+        done |= set(wave)
+    return out

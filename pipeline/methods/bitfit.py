@@ -14,8 +14,9 @@ import time
 
 import torch
 from torch import nn
+from pydantic import Field
 
-from ..config import InputError
+from ..config import Block, InputError, LearningRate
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct
 from ..storage import KIND_KEY, read_adapter, safetensors_bytes, write_atomic
@@ -26,6 +27,11 @@ NAME = "bitfit"
 USES_SPARSITY = False
 SWITCH_OFF_EXACT = True  # switched off, every agent computes with W0 bit for bit (claim ZF checks it)
 PARAMS = ("model", "train", "adapt.epochs", "adapt.seed", "bitfit", "evaluate.noise_seed", "evaluate.snr_db")
+
+
+class Config(Block):
+    """bitfit: biases and PReLU slopes only."""
+    lr: LearningRate = Field(description="Adam learning rate of the biases and slopes (adapt.epochs, adapt.seed)")
 
 
 class BitFitFileError(InputError):

@@ -14,9 +14,12 @@ so its bytes are sam's at the same γ up to the index encoding of the kept posit
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
+from ..config import Block, LearningRate
 from ..fingerprint import base_fingerprint
 from ..sam import (SAMState, attach_sam, install_sam, layer_budgets, load_sam, memory_cost, sam_layers, sam_state,
                    save_sam, set_sam_enabled)
@@ -31,6 +34,13 @@ SWITCH_OFF_EXACT = True  # switched off, every agent computes with W0 bit for bi
 NEEDS = ("tuning",)  # its cells read the domain's tuned agent (the adapt_tuning stage's outputs)
 PARAMS = ("model", "train", "adapt.allocation", "adapt.seed", "delta_topk", "evaluate.noise_seed",
           "evaluate.snr_db")
+
+
+class Config(Block):
+    """delta_topk: the top-k of |W_tuned - W0| per layer under sam's budget, optionally re-trained on that mask."""
+    retrain_epochs: Annotated[int, Field(ge=0, le=10_000)] = Field(
+        description="0: one-shot sparse delta; > 0: epochs re-training the kept values on the fixed mask")
+    lr: LearningRate = Field(description="Adam learning rate of the kept values when retrain_epochs > 0")
 
 
 def topk_delta(base, tuned, budgets: dict[str, int]) -> SAMState:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Annotated
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from pydantic import Field
 
+from ..config import Block, Epochs, LearningRate
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
 from ..model import apply_channel
@@ -28,6 +31,14 @@ NAME = "equalizer"
 USES_SPARSITY = False
 PARAMS = ("model", "train", "adapt.seed", "equalizer", "domains.n_train", "evaluate.noise_seed", "evaluate.snr_db")
 NEEDS = ("tuning",)  # its cells read every domain's tuned agent (the adapt_tuning stage's outputs)
+
+
+class Config(Block):
+    """equalizer: a small network at each receiver mapping a partner's symbols to its own (``adapt.seed``)."""
+    hidden: Annotated[int, Field(ge=1, le=1024)] = Field(description="hidden channels of each equalizer")
+    blocks: Annotated[int, Field(ge=1, le=16)] = Field(description="residual blocks of each equalizer")
+    epochs: Epochs = Field(description="training epochs of each equalizer")
+    lr: LearningRate = Field(description="Adam learning rate of the equalizers")
 
 
 class Equalizer(nn.Module):

@@ -43,8 +43,9 @@ import time
 
 import torch
 from torch import nn
+from pydantic import Field
 
-from ..config import InputError
+from ..config import Block, InputError, LearningRate
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct
 from ..storage import KIND_KEY, read_adapter, safetensors_bytes, write_atomic
@@ -56,6 +57,11 @@ USES_SPARSITY = True  # the budget follows sam's file at each γ
 SWITCH_OFF_EXACT = True  # switched off, every agent computes with W0 bit for bit (claim ZF checks it)
 NEEDS = ("sam",)  # its cells read sam's file of the same domain and γ (the byte target)
 PARAMS = ("model", "train", "adapt.epochs", "adapt.seed", "lora", "evaluate.noise_seed", "evaluate.snr_db")
+
+
+class Config(Block):
+    """lora: low-rank adapters on the conv and transposed-conv weights (ranks sized to sam's bytes)."""
+    lr: LearningRate = Field(description="Adam learning rate of the adapters (adapt.epochs, adapt.seed)")
 ADAPTER = "default"  # peft's adapter name
 
 

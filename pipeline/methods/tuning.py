@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 
 import torch
+from pydantic import Field
 
+from ..config import Block, Epochs, LearningRate
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
 from ..train import data_fingerprint, fingerprint, fit, load_model, save_model
@@ -20,6 +22,12 @@ NAME = "tuning"
 USES_SPARSITY = False
 PARAMS = ("model", "train", "adapt.epochs", "adapt.seed", "tuning", "domains.n_train", "evaluate.noise_seed",
           "evaluate.snr_db")
+
+
+class Config(Block):
+    """tuning: every weight fine-tuned on the domain (``adapt.epochs``, ``adapt.seed``)."""
+    lr: LearningRate = Field(description="Adam learning rate of every weight")
+    retune_epochs: Epochs = Field(description="tuning_retune: epochs re-tuning on base images after the domain")
 
 
 RETUNED = "retuned"  # the variant name of the re-tuned agent's file

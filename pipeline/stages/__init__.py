@@ -11,13 +11,16 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from ..config import InputError, Params, load
+from ..config import InputError, load
 from ..paths import REPO, Paths
-from ..storage import write_atomic, write_atomic_with, write_text  # noqa: F401 - write_text for the stages
+from ..storage import write_atomic, write_atomic_with, write_json, write_text  # noqa: F401 - for the stages
+
+if TYPE_CHECKING:
+    from ..config import Params
 
 EXIT_BAD_INPUT = 2
 
@@ -32,11 +35,6 @@ def run(main: Callable[[Params, Paths], None], root: Path | None = None) -> None
     except InputError as err:  # params, data, model and SAM file errors all derive from it
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically: readers never see half a file, a failure keeps the old one."""
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def write_rows(path: Path, rows: list[dict], fieldnames: Sequence[str]) -> None:

@@ -24,6 +24,8 @@ Each writes a CSV + Markdown table, a figure and a finding stated with numbers.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import argparse
 import dataclasses
 import json
@@ -34,7 +36,7 @@ import statistics
 import pandas as pd
 import torch
 
-from ..config import ConfigError, Params, parse
+from ..config import ConfigError, parse
 from ..methods import BASE_AGENT, Context
 from ..methods.sam import sam_path, train_sam
 from ..metrics import misalignment, ordered_pairs
@@ -48,6 +50,9 @@ from ..train import data_fingerprint, fingerprint, load_model, save_model, setup
 from . import provenance, run, save_figure, write_text
 from .evaluate import all_variants, choices
 from .pretrain import train_base
+
+if TYPE_CHECKING:
+    from ..config import Params
 
 
 def write_table(df: pd.DataFrame, name: str, params: Params, paths: Paths, run_id: str | None, finding: str) -> None:

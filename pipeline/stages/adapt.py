@@ -1,235 +1,52 @@
-"""Stage ``adapt_<method>``: every cell of one method (domains x sparsities x trials) in one process.
+"""Stage ``adapt``: every cell of every method in ``adapt.methods``, in one process.
 
-``python -m pipeline.stages.adapt --method sam`` plans the cells of params.yaml, computes the missing
-ones through the executor of ``execute.executor`` (local, pool, ray) and assembles the stage's output
-folder ``build/<run>/adapt/<method>/`` (per cell: the method's artefacts and ``<cell>.json``, keys
-CELL_KEYS). A trial (``pipeline.selection``) is one seed (``adapt.seeds`` replicates) at one point of the
-method's ``search`` grid; a cell is a domain x sparsity x trial, trained with that trial's params.
-
-Content-keyed cells: a cell's key hashes everything its result depends on (its coordinates, the
-method's params less the grid lists, the code the stage runs, the data and upstream files); computed
-cells are kept in ``.cells/<run>/<method>/<cell>-<key>/``, outside every DVC output, so a cell whose
-key is unchanged is copied, not recomputed (changing one sparsity recomputes only that sparsity's
-cells). A cell is computed in a temporary folder and renamed into place when complete: a killed
-worker leaves nothing half-written that could be read, and two workers finishing the same cell
-keep the first complete copy.
+``python -m pipeline.stages.adapt`` plans the cells of params.yaml wave by wave (a method runs in the
+wave after its ``NEEDS``), computes the missing ones of each wave at once through the executor of
+``execute.executor`` (local, pool, ray) and assembles ``build/<run>/adapt/<method>/`` (per cell: the
+method's artefacts and ``<cell>.json``, keys CELL_KEYS). Cells are content-keyed (``pipeline.cells``):
+an unchanged cell is copied from the store, not recomputed. ``--method NAME`` (repeatable) runs only those
+methods (their NEEDS must have run); DVC runs them all.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
 import shutil
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import ConfigError, Params
-from ..paths import Cell, Paths, cell_name
-from ..selection import Trial, cell_grid, choose, grid_points, trial_params, trials
-from ..tracking import Tracker, execution_key, tracking_uri
-from . import run, write_json
+from ..cells import assemble, compute, executor, method_module, plan
+from ..methods import waves
+from ..tracking import Tracker
+from . import run
 
-GRID_KEYS = ("adapt.sparsities", "domains.names", "adapt.seeds")  # what spans the cells; not part of a cell's key
-STAGE_PARAMS = ("adapt.seeds", "search")  # dvc.yaml lists these for every adapt stage too (they span its cells)
+if TYPE_CHECKING:
+    from ..config import Params
+    from ..paths import Paths
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def main(params: Params, paths: Paths, argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", required=True)
-    return ap.parse_args(argv)
-
-
-def method_module(name: str):
-    from ..methods import registry
-    methods = registry()
-    if name not in methods:
-        raise ConfigError(f"adapt: unknown method {name!r}; known: {sorted(methods)}")
-    return methods[name]
-
-
-def grid(params: Params, module) -> list[tuple[str, float | None]]:
-    return cell_grid(params, module)
-
-
-# ------------------------------------------------------------------------------------------ keys
-def _lookup(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree[part]
-    return tree
-
-
-def key_params(params: Params, module) -> dict:
-    """The values of the method's ``PARAMS`` (the keys dvc.yaml lists for its stage), grid lists removed."""
-    tree = params.model_dump(mode="json")
-    out = {}
-    for key in module.PARAMS:
-        value = _lookup(tree, key)
-        if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if f"{key}.{k}" not in GRID_KEYS}
-        out[key] = value
-    return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def code_digest() -> str:
-    """sha256 of the source of every ``pipeline`` module this process has loaded (the code a cell runs)."""
-    h = hashlib.sha256()
-    files = sorted({Path(m.__file__) for n, m in list(sys.modules.items())
-                    if (n == "pipeline" or n.startswith("pipeline.")) and getattr(m, "__file__", None)})
-    for f in files:
-        h.update(f"{f.parent.name}/{f.name}\n".encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def input_digests(paths: Paths, module) -> dict[str, str]:
-    """sha256 of every file a cell may read: the data splits, the pretrained model, upstream methods' files."""
-    files = sorted(paths.data.glob("*.npy")) + [paths.pretrained]
-    for upstream in getattr(module, "NEEDS", ()):
-        files += sorted(p for p in paths.adapt(upstream).iterdir() if p.is_file())
-    missing = [f for f in files if not f.is_file()]
-    if missing or not files[:-1]:
-        raise ConfigError(f"adapt: inputs missing ({', '.join(map(str, missing)) or paths.data}); run the "
-                          "earlier stages first (dvc repro)")
-    return {f.relative_to(paths.root).as_posix(): _sha256(f) for f in files}
-
-
-def cell_key(module, domain: str, sparsity: float | None, common: dict, params: dict | None = None,
-             trial: Trial = Trial(), chosen: dict | None = None) -> str:
-    """``params``: the trial's key params (None: ``common`` holds them); ``chosen``: upstream choices."""
-    parts = {"method": module.NAME, "domain": domain, "sparsity": sparsity, **common}
-    if params is not None:
-        parts["params"] = params
-    if trial != Trial():
-        parts["trial"] = trial.tag
-    if chosen:
-        parts["chosen"] = sorted((m, d, str(s), h) for m, c in chosen.items() for (d, s), h in c.items())
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
-
-
-# ------------------------------------------------------------------------------------------ cells
-@dataclass(frozen=True)
-class Task:
-    """One cell to compute (picklable: it travels to pool and Ray workers)."""
-    params: Params
-    paths: Paths
-    method: str
-    domain: str
-    sparsity: float | None
-    key: str
-    trial: Trial = Trial()
-    chosen: tuple = ()  # upstream methods' chosen grid points, as (method, ((domain, sparsity), point)...)
-
-    @property
-    def name(self) -> str:
-        return cell_name(self.domain, self.sparsity, self.trial.tag)
-
-    @property
-    def stored(self) -> Path:
-        return self.paths.cell_store(self.method) / f"{self.name}-{self.key}"
-
-
-def compute(task: Task) -> dict:
-    """Compute one cell into a temporary folder, then rename it into the cell store (atomic)."""
-    import torch
-
-    from ..methods import CELL_KEYS, Context
-    from ..train import setup_runtime
-    if task.stored.is_dir():  # another worker finished it first
-        return json.loads((task.stored / f"{task.name}.json").read_text())
-    params, paths, module = task.params, task.paths, method_module(task.method)
-    final = paths.cell(task.method, task.domain, task.sparsity, task.trial.tag)
-    tmp = task.stored.with_name(f".tmp-{task.stored.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    out = Cell(tmp, final.name, final.checkpoints)
-    rt = setup_runtime(params)
-    ctx = Context(params, paths, rt.pop("device_obj"), checkpoints=out.checkpoints, trial=task.trial,
-                  chosen={m: dict(c) for m, c in task.chosen})
-    torch.manual_seed(params.adapt.seed)
-    with Tracker(params, paths, f"adapt_{task.method}", out.name) as tracker:
-        tracker.set_tags({**rt, "method": task.method, "domain": task.domain, "sparsity": str(task.sparsity),
-                          "seed": str(task.trial.seed), "grid_point": str(task.trial.point), "cell_key": task.key})
-        result = module.adapt(ctx, task.domain, task.sparsity, out, tracker)
-        assert tuple(result) == CELL_KEYS, f"{task.method}.adapt returned keys {tuple(result)}, expected {CELL_KEYS}"
-        assert "val_psnr" in result["details"], f"{task.method}.adapt: details lack val_psnr (pipeline/selection.py)"
-        tracker.log_metrics({k: v for k, v in result.items() if k in ("domain_psnr", "memory_bytes", "memory_cost_pct")})
-        tracker.log_metrics({k: v for k, v in result["details"].items() if isinstance(v, (int, float))})
-        # No run id or commit here: a cached intermediate must be byte-identical across equal runs.
-        write_json(out.metrics, result)
-    try:
-        os.rename(tmp, task.stored)  # complete: visible to readers only now
-    except OSError:  # the same cell finished by another worker meanwhile: keep the first copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(out.checkpoints, ignore_errors=True)  # the cell is complete: its checkpoints have served
-    print(f"adapt {task.method} {out.name}: domain PSNR {result['domain_psnr']:.2f} dB, "
-          f"memory {result['memory_cost_pct']:.3f} %", flush=True)
-    return result
-
-
-def executor(params: Params, paths: Paths):
-    from .. import executors
-    env = {"ZFDA_EXECUTION": execution_key(), "MLFLOW_TRACKING_URI": tracking_uri(paths),
-           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
-    e = params.execute
-    return executors.make(e.executor, threads=executors.cell_threads(params.train.threads), workers=e.workers,
-                          gpus_per_cell=e.gpus_per_cell, env=env)
-
-
-def check_grid(params: Params, module) -> None:
-    """A grid key outside the method's PARAMS would not reach its cells' keys: refuse it."""
-    for key in params.search.get(module.NAME, {}):
-        if not any(key == p or key.startswith(p + ".") for p in module.PARAMS):
-            raise ConfigError(f"search.{module.NAME}.{key}: not among the method's params {list(module.PARAMS)}")
-
-
-def plan(params: Params, paths: Paths, module) -> list[Task]:
-    """Every cell of the method: domain x sparsity x trial (seed x grid point), with its content key."""
-    check_grid(params, module)
-    chosen = tuple((m, tuple(sorted(choose(params, paths, m, method_module(m)).items(), key=str)))
-                   for m in getattr(module, "NEEDS", ()))
-    common = {"code": code_digest(), "inputs": input_digests(paths, module)}
-    points = grid_points(params, module.NAME)
-    tasks = []
-    for trial in trials(params, module.NAME):
-        tp = trial_params(params, points[trial.point], trial.seed)
-        kp = key_params(tp, module)
-        for d, s in grid(params, module):
-            key = cell_key(module, d, s, common, kp, trial, {m: dict(c) for m, c in chosen})
-            tasks.append(Task(tp, paths, module.NAME, d, s, key, trial, chosen))
-    return tasks
-
-
-def main(params: Params, paths: Paths, argv=None) -> None:
-    args = parse_args(argv)
-    module = method_module(args.method)
-    tasks = plan(params, paths, module)
-    todo = [t for t in tasks if not t.stored.is_dir()]
-    start = time.perf_counter()
-    with Tracker(params, paths, f"adapt_{args.method}") as tracker:
+    ap.add_argument("--method", action="append", help="only this method (repeatable); default: adapt.methods")
+    only = ap.parse_args(argv).method
+    start, cells, computed = time.perf_counter(), 0, 0
+    with Tracker(params, paths, "adapt") as tracker:
         tracker.run_id  # the parent and this stage's run exist before any worker logs (no race on the store)
         run_ex = executor(params, paths)
-        run_ex.map(compute, todo)
-        tracker.log_metrics({"cells": len(tasks), "cells_computed": len(todo), "seconds": time.perf_counter() - start})
-        tracker.set_tags({"executor": run_ex.kind})
-    folder = paths.adapt(args.method)
-    shutil.rmtree(folder, ignore_errors=True)  # exactly the cells of params.yaml, from the store
-    folder.mkdir(parents=True)
-    for t in tasks:
-        for f in sorted(t.stored.iterdir()):
-            shutil.copy2(f, folder / f.name)
-    print(f"adapt {args.method}: {len(tasks)} cells, {len(todo)} computed ({run_ex.kind}), "
-          f"{len(tasks) - len(todo)} unchanged, {time.perf_counter() - start:.1f} s", flush=True)
+        for wave in waves(params, only):
+            tasks = {name: plan(params, paths, method_module(name)) for name in wave}
+            todo = [t for ts in tasks.values() for t in ts if not t.stored.is_dir()]
+            run_ex.map(compute, todo)
+            for name, ts in tasks.items():
+                assemble(paths, name, ts)
+            cells, computed = cells + sum(map(len, tasks.values())), computed + len(todo)
+            print(f"adapt {', '.join(wave)}: {sum(map(len, tasks.values()))} cells, {len(todo)} computed "
+                  f"({run_ex.kind})", flush=True)
+        tracker.log_metrics({"cells": cells, "cells_computed": computed, "seconds": time.perf_counter() - start})
+        tracker.set_tags({"executor": run_ex.kind, "methods": ",".join(params.adapt.methods)})
+    for stale in (p for p in paths.build.joinpath("adapt").iterdir() if not only and p.name not in params.adapt.methods):
+        shutil.rmtree(stale)  # a method no longer listed leaves the stage's output
+    print(f"adapt: {cells} cells, {computed} computed, {cells - computed} unchanged, "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

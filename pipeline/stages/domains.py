@@ -1,15 +1,19 @@
 """Stage ``domains``: the base data set and the four local domains, as plain uint8 arrays."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 
 import numpy as np
 
-from ..config import Params
 from ..data import apply_domain, build_splits, grid, photo_split
 from ..paths import Paths
 from ..tracking import Tracker
 from . import provenance, run, save_figure, write_json, write_npy
+
+if TYPE_CHECKING:
+    from ..config import Params
 
 
 def preview(params: Params, base: np.ndarray):

@@ -21,14 +21,15 @@ Metrics (``metric`` column; domain / tx / rx):
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 import statistics
 
 import numpy as np
 import torch
 
-from ..config import Params
-from ..methods import BASE_AGENT, Context, Variant, registry
+from ..methods import BASE_AGENT, Context, Variant, active
 from ..metrics import (FIELDS, Quality, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs, per_image_key,
                        write_per_image)
 from ..paths import Paths
@@ -37,6 +38,9 @@ from ..tracking import Tracker
 from ..train import setup_runtime
 from . import provenance, run, write_json, write_npy, write_rows
 
+if TYPE_CHECKING:
+    from ..config import Params
+
 
 def all_variants(ctx: Context, reference: bool = True) -> list[Variant]:
     """The pretrained reference (``reference``), then every method's variants at every sparsity it uses,
@@ -44,7 +48,7 @@ def all_variants(ctx: Context, reference: bool = True) -> list[Variant]:
     pre = ctx.pretrained()
     out = [Variant("pretrained", None, lambda d: ctx.self_link(pre), None, lambda d: 0,
                    transmit=lambda a: ctx.channel(pre), receive=lambda a, b: ctx.receiver(pre))] if reference else []
-    for name, module in sorted(registry().items()):
+    for name, module in sorted(active(ctx.params).items()):
         for s in (ctx.params.adapt.sparsities if module.USES_SPARSITY else (None,)):
             out += module.variants(ctx, s)
     return out
@@ -115,7 +119,7 @@ def measure(ctx: Context, variant: Variant, reference: float, base_bytes: int,
         row("misalignment", misalignment(reference, q.mean_psnr), "dB", domain="base", tx=a, rx=b)
     for (a, b), q in ctx.pair_qualities(variant, pairs, lambda a: ctx.split(f"{a}_test")).items():
         quality_rows("cross", q, a, a, b)
-    if getattr((methods or registry()).get(variant.method), "SWITCH_OFF_EXACT", False):
+    if getattr((methods or active(ctx.params)).get(variant.method), "SWITCH_OFF_EXACT", False):
         exact = exact or ExactReference.of(ctx, base_test)
         row("switch_off_exact", float(switch_off_exact(ctx, variant, exact)), "1", domain="base")
     if variant.method == "pretrained":  # the paired-shift control: the same test images before the transform
@@ -168,11 +172,11 @@ def write_csv(path, rows: list[dict]) -> None:
 
 def choices(params: Params, paths: Paths) -> dict[str, dict]:
     """Every method's grid point per (domain, sparsity), chosen on validation data (pipeline/selection.py)."""
-    return {name: choose(params, paths, name, module) for name, module in registry().items()}
+    return {name: choose(params, paths, name, module) for name, module in active(params).items()}
 
 
 def validation_rows(params: Params, paths: Paths) -> list[dict]:
-    return [r for name, module in sorted(registry().items()) for r in validation_table(params, paths, name, module)]
+    return [r for name, module in sorted(active(params).items()) for r in validation_table(params, paths, name, module)]
 
 
 VALIDATION_FIELDS = ["method", "domain", "sparsity", "point", "setting", "val_psnr", "chosen"]
@@ -185,7 +189,7 @@ def evaluate_all(ctx: Context, per_image: dict[str, torch.Tensor] | None = None
     pre = ctx.pretrained()
     reference = ctx.psnr(ctx.link(pre, pre), ctx.split("base_test"))
     chosen = choices(ctx.params, ctx.paths)
-    exact, methods = ExactReference.of(ctx, ctx.split("base_test")), registry()
+    exact, methods = ExactReference.of(ctx, ctx.split("base_test")), active(ctx.params)
     rows, first = [], None
     for seed in range(ctx.params.adapt.seeds):
         sctx = dataclasses.replace(ctx, trial=Trial(seed), chosen=chosen)

@@ -1,17 +1,21 @@
 """Stage ``pretrain``: train the SC autoencoder on base images (the aligned Tx/Rx pair)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 
 import torch
 
-from ..config import Params
 from ..data import load_images, to_tensor
 from ..model import bandwidth_note
 from ..paths import Paths
 from ..train import build_model, data_fingerprint, evaluate_psnr, fingerprint, fit, save_model, setup_runtime
 from ..tracking import Tracker
 from . import provenance, run, write_json, write_rows
+
+if TYPE_CHECKING:
+    from ..config import Params
 
 
 def load_split(paths: Paths, name: str) -> torch.Tensor:

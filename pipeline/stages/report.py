@@ -13,6 +13,8 @@ out, and a log line says so. Every input is read and checked before anything is 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import contextlib
 import json
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .. import claims  # noqa: E402
-from ..config import Params  # noqa: E402
+
 from ..data import DataError, grid  # noqa: E402
 from ..metrics import FIELDS, ordered_pairs  # noqa: E402
 from ..model import bandwidth_note  # noqa: E402
@@ -36,6 +38,9 @@ from ..selection import Trial, choose  # noqa: E402
 from ..stats import mean_ci  # noqa: E402
 from ..tracking import Tracker  # noqa: E402
 from . import provenance, run, save_figure, write_text  # noqa: E402
+
+if TYPE_CHECKING:
+    from ..config import Params
 
 # Methods in the order of the paper's comparison (a method with sparsities expands to one row per γ):
 # the reference, the zero-forget methods, the baselines, the control.

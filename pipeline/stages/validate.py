@@ -6,9 +6,13 @@ param re-runs only the stages that list that param.
 """
 from __future__ import annotations
 
-from ..config import Params
+from typing import TYPE_CHECKING
+
 from ..paths import Paths
 from . import run, write_text
+
+if TYPE_CHECKING:
+    from ..config import Params
 
 
 def main(params: Params, paths: Paths) -> None:
