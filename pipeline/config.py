@@ -22,7 +22,7 @@ BUILTIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field
 
 
 class InputError(ValueError):
-    """Bad input (params, data, model or SAM files): reported in one line, exit code 2."""
+    """Bad input (params, data, model or adapter files): reported in one line, exit code 2."""
 
 
 class ConfigError(InputError):
@@ -48,7 +48,7 @@ Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
 Epochs = Annotated[int, Field(ge=1, le=10_000)]
 LearningRate = Annotated[float, Field(gt=0, le=100)]
-# Plain SGD on sam's scores takes steps of lr x |g|, |g| ~ 1e-6 (pipeline/stages/ablate.py, study recipe): it
+# Plain SGD on the mask scores takes steps of lr x |g|, |g| ~ 1e-6 (pipeline/stages/ablate.py, study recipe): it
 # needs rates far above any Adam rate to move the mask at all.
 ScoreLearningRate = Annotated[float, Field(gt=0, le=1e6)]
 

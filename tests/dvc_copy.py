@@ -52,7 +52,7 @@ def slow_params(raw: dict | None = None) -> dict:
     raw["model"]["width"] = 4
     raw["train"].update(batch_size=32, threads=1, device="cpu")
     raw["pretrain"]["epochs"] = 6
-    raw["adapt"].update(epochs=6, sparsities=[0.01])
+    raw["adapt"].update(epochs=6, sparsities=[0.01], methods=["sam", "tuning", "equalizer"])
     raw["tuning"]["retune_epochs"] = 2
     raw["equalizer"]["epochs"] = 2
     raw["ablate"].update(domains=["VH"], studies=["snr"], snr_db=[10.0], sparsities=[0.003, 0.01, 0.03])

@@ -366,3 +366,38 @@ def test_the_paper_profile_adapts_on_the_full_profiles_pretraining():
         {k: full["domains"][k] for k in ("n_train", "n_val", "n_test")}
     assert (paper["adapt"]["epochs"], paper["adapt"]["score_lr"], paper["adapt"]["value_lr"]) == (30, 1.0, 0.0001)
     assert paper["search"] == {}
+
+
+# ------------------------------------------------------------------------------ methods in the schema
+@pytest.mark.parametrize("methods,message", [
+    (["sam", "nope"], "adapt.methods: unknown method 'nope'"),
+    (["lora", "tuning"], "adapt.methods: lora needs ['sam']"),
+    (["sam", "sam"], "adapt.methods = ['sam', 'sam']: Value error, entries must be unique"),
+    ([], "adapt.methods = []: The list should have at least 1 item"),
+])
+def test_adapt_methods_are_registered_and_bring_their_needs(methods, message):
+    raw = profile.render("quick")
+    raw["adapt"]["methods"] = methods
+    with pytest.raises(ConfigError) as err:
+        parse(raw)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_method_block_is_checked_by_the_method_files_config():
+    raw = profile.render("quick")
+    raw["lora"]["lr"] = -1.0
+    with pytest.raises(ConfigError, match=r"^params: lora.lr = -1.0: Input should be greater than 0$"):
+        parse(raw)
+    raw = profile.render("quick")
+    raw["bitfit"]["extra"] = 1
+    with pytest.raises(ConfigError, match=r"^params: bitfit.extra = 1: Extra inputs are not permitted$"):
+        parse(raw)
+
+
+def test_the_method_list_and_waves_follow_needs():
+    from pipeline.methods import waves
+    params = parse(profile.render("quick"))
+    assert waves(params) == [["sam", "tuning", "bitfit", "base_control"], ["equalizer", "lora", "delta_topk"]]
+    assert waves(params, ["lora"]) == [["lora"]]
+    with pytest.raises(ConfigError, match="not among adapt.methods"):
+        waves(params, ["nope"])

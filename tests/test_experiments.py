@@ -39,7 +39,7 @@ def test_a_temporary_experiment_runs_and_logs_to_the_project(tmp_path, mlflow_te
 
     from .dvc_copy import dvc_ok, make_copy
     repo = make_copy(tmp_path / "repo", mlflow_template)
-    done = dvc_ok(repo, "exp", "run", "--temp", "-n", "sweep-a", "-S", "adapt.value_lr=0.006", "adapt_sam")
+    done = dvc_ok(repo, "exp", "run", "--temp", "-n", "sweep-a", "-S", "adapt.value_lr=0.006", "adapt")
     assert "sweep-a" in done.stdout + done.stderr
     show = json.loads(dvc_ok(repo, "exp", "show", "--json").stdout)
     assert "sweep-a" in json.dumps(show)
@@ -47,7 +47,7 @@ def test_a_temporary_experiment_runs_and_logs_to_the_project(tmp_path, mlflow_te
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("zfda-bench")
     stages = {r.data.tags.get("stage") for r in client.search_runs([exp.experiment_id])}
-    assert {"pretrain", "adapt_sam"} <= stages
+    assert {"pretrain", "adapt"} <= stages
 
 
 @pytest.mark.slow
@@ -61,7 +61,7 @@ def test_a_queued_experiment_runs_through_dvc_queue(tmp_path, mlflow_template):
 
     from .dvc_copy import DVC_TIMEOUT, dvc, dvc_ok, make_copy
     repo = make_copy(tmp_path / "repo", mlflow_template)
-    dvc_ok(repo, "exp", "run", "--queue", "-n", "queued-a", "-S", "adapt.value_lr=0.006", "adapt_sam")
+    dvc_ok(repo, "exp", "run", "--queue", "-n", "queued-a", "-S", "adapt.value_lr=0.006", "adapt")
     try:
         dvc_ok(repo, "queue", "start", "-j", "1")
         deadline, status = time.monotonic() + DVC_TIMEOUT, ""
@@ -79,4 +79,4 @@ def test_a_queued_experiment_runs_through_dvc_queue(tmp_path, mlflow_template):
     assert list((repo / ".cells").glob("*/sam/*")), "the queued experiment's cells are in the project's store"
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("zfda-bench")
-    assert {"pretrain", "adapt_sam"} <= {r.data.tags.get("stage") for r in client.search_runs([exp.experiment_id])}
+    assert {"pretrain", "adapt"} <= {r.data.tags.get("stage") for r in client.search_runs([exp.experiment_id])}

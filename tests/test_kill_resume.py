@@ -41,12 +41,12 @@ def test_kill_9_during_an_adapt_cell_resumes_to_the_uninterrupted_result(kill_co
     ckpt = checkpoints(repo) / "sam" / cell / f"{cell}.pt"  # one checkpoint folder per cell
     result = build(repo) / "adapt" / "sam" / f"{cell}.json"
     # one process for every sam cell: killed while its first cell (VA-0.01) trains
-    kill_when(repo, ["repro", "adapt_sam"], ckpt, tmp_path / "killed.log")
+    kill_when(repo, ["repro", "adapt"], ckpt, tmp_path / "killed.log")
     assert ckpt.is_file()
     assert not result.exists(), "the kill came after the cell had finished: the test proved nothing"
     assert 1 <= torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] < 6
 
-    done = repro_after_kill(repo, "adapt_sam")
+    done = repro_after_kill(repo, "adapt")
     assert re.search(rf"sam {cell}: resumed from checkpoint at epoch \d/6", done.stdout), done.stdout
     ours = json.loads(result.read_text())
     theirs = json.loads((build(clean_run) / "adapt" / "sam" / f"{cell}.json").read_text())
@@ -59,7 +59,7 @@ def test_kill_9_during_an_adapt_cell_resumes_to_the_uninterrupted_result(kill_co
     sam_file = Path("adapt") / "sam" / f"{cell}.safetensors"
     assert same_safetensors(build(repo) / sam_file, build(clean_run) / sam_file)
     assert not ckpt.exists()
-    assert dvc_status(repo, "adapt_sam") == {}
+    assert dvc_status(repo, "adapt") == {}
     # nothing half-written was ever read: every cell in the store is whole
     for stored in (repo / ".cells").glob("*/sam/*"):
         if not stored.name.startswith(".tmp-"):

@@ -21,7 +21,7 @@ from pipeline.methods import BASE_AGENT, CELL_KEYS, Context, registry
 from pipeline.selection import cell_grid
 from pipeline.tracking import Tracker
 
-from .conftest import ADAPTED_DOMAINS, ADAPTED_SPARSITIES
+from .conftest import ADAPTED_DOMAINS, ADAPTED_SPARSITIES, REPO
 
 METHODS = sorted(registry())
 CPU = torch.device("cpu")
@@ -41,8 +41,19 @@ def context(project) -> Context:
     return Context(project.params, project.paths, CPU)
 
 
-def test_every_method_is_found():
-    assert {"sam", "tuning", "equalizer"} <= set(METHODS)
+def test_every_method_file_is_found_under_its_own_name():
+    files = sorted(f.stem for f in (REPO / "pipeline" / "methods").glob("*.py") if f.stem != "__init__")
+    assert files == METHODS == ["base_control", "bitfit", "delta_topk", "equalizer", "lora", "sam", "tuning"]
+    assert all(registry()[name].__name__ == f"pipeline.methods.{name}" for name in METHODS)
+
+
+def test_the_schema_has_a_block_for_every_method_config_and_the_profiles_list_every_method():
+    from pipeline.config import Params
+    from pipeline.profile import render
+    with_block = sorted(n for n, m in registry().items() if hasattr(m, "Config"))
+    assert with_block == ["bitfit", "delta_topk", "equalizer", "lora", "tuning"]
+    assert all(Params.model_fields[n].annotation is registry()[n].Config for n in with_block)
+    assert sorted(render("quick")["adapt"]["methods"]) == METHODS
 
 
 @pytest.mark.parametrize("name", METHODS)
