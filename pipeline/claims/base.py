@@ -5,8 +5,9 @@ FAIL; a *finding* is measured and reported PASS / FAIL / INCONCLUSIVE, never fai
 definition and ``measure``: a function of the evaluate stage's tidy table, its summary
 (``evaluate.json``) and the per-image values (``PerImage``, or None) returning an ``Outcome``: the
 verdict, the measured values as ``claims.json`` records them, the claimed quantity's interval
-(``Estimate``) and, where a claim is checked per domain, one sub-outcome per domain. Nothing here
-writes prose beyond the definitions; ``render`` turns outcomes into text.
+(``Estimate``) and, where a claim is decided per domain, one sub-outcome per domain (the rules that
+combine them: ``combine``). The only strings a measure makes are values claims.json records (which γ
+stood in for 1 %, what an interval is over); ``render`` turns outcomes into text.
 """
 from __future__ import annotations
 
