@@ -35,6 +35,7 @@ from .config import InputError
 MIN_MSE = 1e-10  # caps PSNR at 100 dB for a perfect reconstruction
 # The columns of evaluation.csv: one row per measurement (written by evaluate, read by report).
 FIELDS = ["method", "sparsity", "seed", "metric", "domain", "tx", "rx", "value", "unit"]
+EXACT_IMAGES = 256  # base test images of the bit-for-bit switch-off check (evaluate runs it, claim ZF states it)
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # torchmetrics' defaults (and skimage's with gaussian_weights, sigma 1.5)
 SSIM_CHUNK = 64  # images per SSIM call: measured fastest on the CPU (per-image values do not depend on it)
 

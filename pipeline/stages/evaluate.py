@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from ..methods import BASE_AGENT, Context, Variant, active
-from ..metrics import (FIELDS, Quality, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs, per_image_key,
-                       write_per_image)
+from ..metrics import (EXACT_IMAGES, FIELDS, Quality, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs,
+                       per_image_key, write_per_image)
 from ..paths import Paths
 from ..selection import Trial, choose, validation_table
 from ..tracking import Tracker
@@ -52,9 +52,6 @@ def all_variants(ctx: Context, reference: bool = True) -> list[Variant]:
         for s in (ctx.params.adapt.sparsities if module.USES_SPARSITY else (None,)):
             out += module.variants(ctx, s)
     return out
-
-
-EXACT_IMAGES = 256  # base test images of the bit-for-bit switch-off check
 
 
 @dataclasses.dataclass(frozen=True)
