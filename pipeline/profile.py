@@ -1,4 +1,4 @@
-"""Switch profiles: ``python -m pipeline.profile <quick|ci|paper> [--source S] [--folder PATH] [--local PATH] [--ablations]``.
+"""Switch profiles: ``python -m pipeline.profile <profile> [--source S] [--folder PATH] [--local PATH] [--ablations]``.
 
 ``profiles/quick.yaml`` is complete; the other profiles are overlays on it. The command writes the
 merged, validated result to ``params.yaml`` (what ``dvc repro`` reads). Nothing is written when the

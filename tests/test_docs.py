@@ -148,10 +148,11 @@ def test_the_link_checker_catches_bad_links(tmp_path):
     (tmp_path / "docs" / "a.md").write_text("# Title\n\n## Some heading, with `code`\n")
     (tmp_path / "docs" / "folder").mkdir()
     doc = tmp_path / "README.md"
-    doc.write_text(text := ("[ok](docs/a.md) [ok too](docs/a.md#some-heading-with-code) ![img](docs/a.md) [web](https://x.org/y)\n"
+    text = ("[ok](docs/a.md) [ok too](docs/a.md#some-heading-with-code) ![img](docs/a.md) [web](https://x.org/y)\n"
             "[missing](docs/b.md) [spec](../shared/SPEC.md) [out](../elsewhere.md) [dir](docs/folder)\n"
             "[anchor](docs/a.md#nope) [self](#title)\n\n[ref]: docs/c.md\n"
-            "`[in code](docs/none.md)`\n```\n[fenced](docs/none.md)\n```\n"))
+            "`[in code](docs/none.md)`\n```\n[fenced](docs/none.md)\n```\n")
+    doc.write_text(text)
     bad = broken_links(doc, text, root=tmp_path)
     assert [b.split(":")[0] for b in bad] == ["docs/b.md", "../shared/SPEC.md", "../elsewhere.md", "docs/folder",
                                              "docs/a.md#nope", "#title", "docs/c.md"], bad
