@@ -1,4 +1,4 @@
-"""``python -m benchmarks.gpu``: the GPU checks of issue 14, one script for the first CUDA machine.
+"""``python -m benchmarks.gpu``: the GPU checks, one script for the first CUDA machine.
 
 1. The paper profile's pretraining for 2 epochs (its model, data sizes and ``train.precision``;
    builtin photos by default, since a GPU node may have no network; ``--source cifar100`` with a

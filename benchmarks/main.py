@@ -68,7 +68,7 @@ NOTES = ("Switch: `set_sam_enabled` only flips flags; the merged weight W0 + m�
          "than fp32, and `train.precision: auto` picks fp32. The PSNR row trains both precisions on the same "
          "builtin thumbnails (training photos, `data.builtin_scales`) with the pretraining seed, learning rate and "
          "batch, then evaluates both in fp32 on thumbnails of the test photos with `evaluate.noise_seed`. "
-         "torch.compile is not used (measured: README, Benchmarks).",
+         "torch.compile is not used (measured: docs/benchmarks.md).",
          "GFLOP/s: multiply-adds per image forward counted by forward hooks over the model's Conv2d and "
          "ConvTranspose2d layers (elementwise PReLU, normalisation and noise left out), × 2 FLOPs × 3 for forward "
          "and backward (the first layer's unneeded input gradient counted too), × measured images/s. Peak = "

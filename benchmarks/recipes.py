@@ -1,4 +1,4 @@
-"""The pretraining recipe search of the full profile (issue 18): which recipe gets the base furthest per
+"""The pretraining recipe search of the full profile: which recipe gets the base furthest per
 minute of 2-core CPU time, chosen on the base *validation* images.
 
 ``python -m benchmarks.recipes [--profile full] [--epochs 30]`` trains every recipe of ``RECIPES`` from

@@ -18,7 +18,7 @@ from .throughput import TRAIN_FLOPS_PER_MAC, Peak, measure_precision
 from .timing import Settings
 
 HEADER_ALLOWANCE = 4096  # bytes of a SAM file not charged against gamma's budget (layer table, digests)
-BF16_SPEEDUP_GOAL = 1.5  # issue 14: bf16 pretraining images/s over fp32's on this CPU
+BF16_SPEEDUP_GOAL = 1.5  # bf16 pretraining images/s over fp32's on the measured CPU
 PSNR_TOLERANCE_DB = 0.1  # ... with the final base PSNR within this of fp32's on the same budget
 CHANNELS_LAST_PAYS = 1.05  # the speed-up at which channels_last on the CPU would be worth using
 

@@ -65,7 +65,7 @@ class Paths:
         """The project a run belongs to: the root itself, or, in the temporary copy where
         ``dvc exp run --queue`` / ``--temp`` runs an experiment (``<project>/.dvc/tmp/exps/<name>/``),
         the project that holds it, so that such a run logs to the project's MLflow store, shares its
-        content-keyed cells and finds the data paths params give relative to it (``../shared``)."""
+        content-keyed cells and finds the data paths params give relative to it (``data/cifar100``)."""
         parts = self.root.resolve().parts
         if len(parts) > 4 and parts[-4:-1] == (".dvc", "tmp", "exps"):
             return Path(*parts[:-4])

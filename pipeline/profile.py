@@ -1,9 +1,12 @@
-"""Switch profiles: ``python -m pipeline.profile <quick|ci|paper> [--source S] [--folder PATH] [--ablations]``.
+"""Switch profiles: ``python -m pipeline.profile <profile> [--source S] [--folder PATH] [--local PATH] [--ablations]``.
 
 ``profiles/quick.yaml`` is complete; the other profiles are overlays on it. The command writes the
 merged, validated result to ``params.yaml`` (what ``dvc repro`` reads). Nothing is written when the
 result does not validate. ``profiles/tiny.yaml`` is no profile but the overlay ``shrink`` applies
 (tests, benchmark scaling runs).
+
+``--local PATH`` points the CIFAR source at a copy already on disk (``data.<source>.local``); by default
+that is the download folder ``data/<source>``, so a copy downloaded there once is found again.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from .storage import write_atomic
 PROFILES = REPO / "profiles"  # definitions that ship with the code, like pipeline/ itself
 NAMES = get_args(ParamsBase.model_fields["profile"].annotation)  # quick, paper, ci: the files that are profiles
 SOURCES = ("builtin", "cifar100", "cifar10", "folder")
+LOCAL_SOURCES = ("cifar100", "cifar10")  # the sources read from a local copy (data.<source>.local)
 HEADER = ("# Written by `python -m pipeline.profile {profile} --source {source}{flags}` from profiles/; "
           "edit profiles/*.yaml, not this file.\n")
 
@@ -34,9 +38,11 @@ def merge(base: dict, overlay: dict) -> dict:
     return out
 
 
-def render(profile: str, source: str | None = None, ablations: bool = False, folder: str | None = None) -> dict:
+def render(profile: str, source: str | None = None, ablations: bool = False, folder: str | None = None,
+           local: str | None = None) -> dict:
     """The full params mapping of ``profile`` (validated), optionally with another data source, the
-    folder source's photos (``data.folder.path``) and every ablation study on (``ablate.studies``)."""
+    folder source's photos (``data.folder.path``), a local copy of a CIFAR source (``data.<source>.local``)
+    and every ablation study on (``ablate.studies``)."""
     path = PROFILES / f"{profile}.yaml"
     if profile not in NAMES or not path.is_file():
         names = sorted(p.stem for p in PROFILES.glob("*.yaml") if p.stem in NAMES)
@@ -48,6 +54,12 @@ def render(profile: str, source: str | None = None, ablations: bool = False, fol
         raw["data"]["source"] = source
     if folder:
         raw["data"]["folder"]["path"] = folder
+    if local:
+        chosen = raw["data"]["source"]
+        if chosen not in LOCAL_SOURCES:
+            raise ConfigError(f"--local sets data.<source>.local of {' or '.join(LOCAL_SOURCES)}; source {chosen!r} "
+                              f"reads no local copy (give --source cifar100 or cifar10)")
+        raw["data"][chosen]["local"] = local
     if ablations:
         raw["ablate"]["studies"] = list(STUDIES)
     parse(raw)
@@ -76,19 +88,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("profile")
     ap.add_argument("--source", choices=SOURCES)
     ap.add_argument("--folder", help="a folder of PNG/JPEG photos (data.folder.path); implies --source folder")
+    ap.add_argument("--local", help="a local copy of the CIFAR source (data.<source>.local): a cifar-100-python/ "
+                    "or cifar-10-batches-py/ folder, or train_images.npy/test_images.npy")
     ap.add_argument("--ablations", action="store_true",
                     help=f"every ablation study on ({', '.join(STUDIES)}); the quick profile has none by default")
     ap.add_argument("--out", type=Path, default=REPO / "params.yaml")
     args = ap.parse_args(argv)
     folder = None if args.folder is None else _project_path(Path(args.folder))
+    local = None if args.local is None else _project_path(Path(args.local))
     try:
+        if local is not None and not Path(args.local).is_dir():
+            raise ConfigError(f"--local {args.local}: no such folder")
         if folder is not None and args.source not in (None, "folder"):
             raise ConfigError(f"--folder is the folder source's; it cannot go with --source {args.source}")
-        raw = render(args.profile, "folder" if folder is not None else args.source, args.ablations, folder)
+        raw = render(args.profile, "folder" if folder is not None else args.source, args.ablations, folder, local)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    flags = (f" --folder {folder}" if folder is not None else "") + (" --ablations" if args.ablations else "")
+    flags = ((f" --folder {folder}" if folder is not None else "") + (f" --local {local}" if local is not None else "")
+             + (" --ablations" if args.ablations else ""))
     write(raw, args.out, flags)
     studies = ", ".join(raw["ablate"]["studies"]) or "none"
     print(f"{args.out.name}: profile {raw['profile']}, source {raw['data']['source']}, ablations: {studies}")

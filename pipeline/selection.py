@@ -1,4 +1,4 @@
-"""Hyper-parameters chosen on validation data, never on test numbers (issue: a verdict a reviewer accepts).
+"""Hyper-parameters chosen on validation data, never on test numbers (a verdict a reviewer accepts).
 
 ``search`` in params gives, per method, a small grid: dotted param keys and the values tried, e.g.
 ``search: {sam: {adapt.value_lr: [0.001, 0.003]}, tuning: {tuning.lr: [0.0001, 0.0003]}}``. The adapt

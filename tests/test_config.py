@@ -85,7 +85,7 @@ def test_profile_command_writes_the_rendered_params(tmp_path, capsys):
 
 
 def test_ablations_are_off_in_quick_and_on_with_the_flag_and_in_ci_and_paper(tmp_path):
-    """Issue 8 lets the quick profile skip the ablations for its time budget; --ablations turns them on,
+    """The quick profile skips the ablations for its time budget; --ablations turns them on,
     and the ci and paper profiles run every study."""
     from pipeline.config import STUDIES
     assert parse(profile.render("quick")).ablate.studies == ()
@@ -357,7 +357,7 @@ def test_tiny_overlay_shrinks_a_copy_and_is_no_profile():
 
 
 def test_the_paper_profile_adapts_on_the_full_profiles_pretraining():
-    """Issue 18: the paper's adaptation settings on top of the same converged pretraining (data, model,
+    """The paper's adaptation settings on top of the same converged pretraining (data, model,
     training precision and pretrain recipe equal to the full profile's), with the paper's learning rates."""
     full, paper = profile.render("full"), profile.render("paper")
     for block in ("data", "model", "train", "pretrain"):

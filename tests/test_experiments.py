@@ -1,5 +1,5 @@
 """`dvc exp run` for sweeps of whole profiles: a queued (or --temp) experiment runs in a temporary copy
-``<project>/.dvc/tmp/exps/<name>/``; the paths that would break there (``../shared``, ``mlflow.db``, the
+``<project>/.dvc/tmp/exps/<name>/``; the paths that would break there (``data/cifar100``, ``mlflow.db``, the
 cell store) are the project's own (``Paths.home``)."""
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def test_home_is_the_project_of_a_temporary_experiment_copy(tmp_path):
 
 def test_relative_data_paths_fall_back_to_the_project_in_an_experiment_copy(tmp_path):
     project = tmp_path / "work" / "project"
-    (tmp_path / "work" / "shared" / "data").mkdir(parents=True)
+    (project / "data" / "cifar100").mkdir(parents=True)  # git-ignored: the copy does not have it
     copy = Paths(project / ".dvc" / "tmp" / "exps" / "tmpab12", "cifar100-quick")
-    assert copy.resolve("../shared/data") == project / "../shared/data"  # exists from the project
+    assert copy.resolve("data/cifar100") == project / "data" / "cifar100"  # exists from the project
     (copy.root / "data" / "x").mkdir(parents=True)
     assert copy.resolve("data/x") == copy.root / "data" / "x"  # the copy's own, when it has it
     assert copy.resolve("/abs/p").as_posix() == "/abs/p"

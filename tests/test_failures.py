@@ -96,7 +96,7 @@ def report_changes(repo: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_a_failed_stage_keeps_every_committed_report_file(tmp_path, mlflow_template):
-    """The case of issue 17: CIFAR-100 with no local copy and no network; the domains stage fails and
+    """CIFAR-100 with no local copy and no network; the domains stage fails and
     reports/cifar100-quick/figures/domains_preview.png (and everything else) stays as committed."""
     repo = make_copy(tmp_path / "repo", mlflow_template)
     raw = slow_params()
@@ -141,7 +141,7 @@ def test_a_killed_stage_keeps_every_committed_report_file(tmp_path, mlflow_templ
 # ------------------------------------------------------------------------------ timing after a resume
 def test_pretrain_timing_after_a_resume_counts_the_epochs_it_timed(prepared, monkeypatch):
     """images/s divides the images of the epochs this run trained by the seconds it timed, and a
-    resumed run says where it resumed (issue 17: every epoch's images over the resumed epochs' time)."""
+    resumed run says where it resumed (every epoch's images over the resumed epochs' time)."""
     import json
 
     from pipeline import data

@@ -1,7 +1,7 @@
 """The params keys that dvc.yaml interpolates (``${...}``): paths and matrices.
 
 DVC reads them when it parses dvc.yaml, before the validate stage can run, and stops on some
-structural errors with messages that do not name the key (README, Troubleshooting). The validate
+structural errors with messages that do not name the key (docs/troubleshooting.md). The validate
 stage's entry point, ``python -m pipeline.stages.validate`` (the same check ``python -m
 pipeline.profile`` runs before it writes params.yaml), names the key in one line for null, a wrong
 type and an empty list of each.
@@ -74,14 +74,14 @@ def test_an_empty_ablate_studies_is_valid_and_means_no_ablations(tiny_params):
 
 
 def test_troubleshooting_maps_every_interpolated_key():
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Troubleshooting", 1)[1].split("\n## ", 1)[0]
+    text = (REPO / "docs" / "troubleshooting.md").read_text()
+    section = text.split("## DVC stops before any stage runs", 1)[1].split("\n## ", 1)[0]
     assert "python -m pipeline.stages.validate" in section
     for key in interpolated_keys():
         assert f"`{key}`" in section, key
 
 
-# DVC's own words for three kinds of structural error (reproduced with dvc 3.67), quoted by the README
+# DVC's own words for three kinds of structural error (reproduced with dvc 3.67), quoted by docs/troubleshooting.md
 DVC_MESSAGES = [
     ("ablate.studies", 3, "ERROR: unexpected error - 'Value' object is not iterable"),
     ("data.source", ["builtin"], "Cannot interpolate data of type 'list'"),
@@ -96,7 +96,7 @@ def parse_copy(tmp_path_factory, mlflow_template):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key,value,message", DVC_MESSAGES, ids=[f"{k}={v!r}" for k, v, _ in DVC_MESSAGES])
-def test_dvc_stops_with_the_message_the_readme_maps_and_validate_names_the_key(parse_copy, key, value, message):
+def test_dvc_stops_with_the_message_troubleshooting_maps_and_validate_names_the_key(parse_copy, key, value, message):
     repo = parse_copy
     good = yaml.safe_load((repo / "params.yaml").read_text())
     try:
@@ -106,7 +106,7 @@ def test_dvc_stops_with_the_message_the_readme_maps_and_validate_names_the_key(p
         assert done.returncode != 0 and message in text, text
         assert key not in text  # the finding: DVC does not say which key
         assert "Running stage" not in text  # DVC stopped before the validate stage
-        assert message in (REPO / "README.md").read_text()
+        assert message in (REPO / "docs" / "troubleshooting.md").read_text()
         check = subprocess.run([sys.executable, "-m", "pipeline.stages.validate"], cwd=repo, capture_output=True,
                                text=True, timeout=120)
         assert check.returncode == 2 and check.stderr.startswith(f"error: params: {key} = "), check.stderr
