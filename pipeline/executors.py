@@ -78,9 +78,14 @@ class Pool:
         return [results[i] for i in range(len(items))]
 
 
+# Ray's switch that, set to 0, keeps a node's every component on 127.0.0.1 (Ray 2.60: ray_constants).
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 class Ray:
     """Ray tasks: ``RAY_ADDRESS`` names an existing cluster (e.g. ``127.0.0.1:6379``), else a local Ray
-    is started for the stage (usage stats off: this machine has no network)."""
+    is started for the stage: usage stats off (no network needed), and on loopback only (Ray otherwise
+    registers a local node at the machine's network address, even when asked for 127.0.0.1)."""
     kind = "ray"
 
     def __init__(self, threads: int, gpus_per_cell: float, env: dict[str, str]):
@@ -90,6 +95,7 @@ class Ray:
         if not items:
             return []
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault(LOOPBACK_ONLY, "0")
         import ray
         started = not ray.is_initialized()
         if started:

@@ -227,9 +227,42 @@ def test_a_ray_worker_killed_mid_sweep_is_retried(tmp_path):
 
 
 @pytest.mark.ray
+def test_the_ray_cluster_is_on_loopback_only():
+    """Every node the cluster knows is at 127.0.0.1, and every socket its processes listen on is on
+    loopback: a Ray upgrade that changes what keeps it there fails here, not silently."""
+    import psutil
+    import ray
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
+    try:
+        nodes = ray.nodes()
+        assert nodes and {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}, nodes
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+    finally:
+        if started:
+            ray.shutdown()
+    listening = [(p.info["name"], c.laddr.ip) for p in psutil.process_iter(["name", "cmdline"])
+                 if "ray" in " ".join(p.info["cmdline"] or []).lower() or "gcs_server" in (p.info["name"] or "")
+                 for c in _connections(p) if c.status == psutil.CONN_LISTEN]
+    assert listening, "no Ray process listens at all: is the head running (RAY_ADDRESS)?"
+    wrong = [(n, ip) for n, ip in listening if ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert not wrong, f"Ray processes listening beyond loopback: {wrong}"
+
+
+def _connections(proc):
+    import psutil
+    try:
+        return proc.net_connections(kind="inet")
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        return []
+
+
+@pytest.mark.ray
 def test_ray_gives_the_same_bytes_as_local(pretrained):
-    """Needs a Ray head: ``ray start --head --node-ip-address 127.0.0.1`` and RAY_ADDRESS=127.0.0.1:6379
-    (.ci/run does both); without RAY_ADDRESS a local Ray is started for the stage."""
+    """Needs a Ray head on loopback (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --node-ip-address
+    127.0.0.1``) and RAY_ADDRESS=127.0.0.1:6390 (.ci/run does both); without RAY_ADDRESS a local Ray is
+    started for the stage."""
     expected, metrics = local_reference(pretrained)
     remote = run_sam(pretrained, "ray")
     assert_same_files(remote, expected, metrics)
