@@ -203,15 +203,38 @@ def load_images(path: Path) -> np.ndarray:
     return check_images(arr, str(path))
 
 
-def _find_cifar(folder: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray] | None:
-    """Train/test images from the NumPy layout or the data set's python folder, if ``folder`` holds one."""
+def cifar_copy(folder: Path, layout: _CifarLayout) -> tuple[str, Path] | None:
+    """Which copy ``folder`` holds, without reading it: ("numpy", folder) for train_images.npy and
+    test_images.npy, ("python", the data set's python folder), or None."""
     if (folder / "train_images.npy").is_file() and (folder / "test_images.npy").is_file():
-        return load_images(folder / "train_images.npy"), load_images(folder / "test_images.npy")
+        return "numpy", folder
     for py in (folder, folder / layout.folder):
         if all((py / name).is_file() for name in layout.train + layout.test):
-            return tuple(np.concatenate([_read_cifar_python(py / name) for name in names])
-                         for names in (layout.train, layout.test))
+            return "python", py
     return None
+
+
+def _find_cifar(folder: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray] | None:
+    """Train/test images from the NumPy layout or the data set's python folder, if ``folder`` holds one."""
+    found = cifar_copy(folder, layout)
+    if found is None:
+        return None
+    kind, where = found
+    if kind == "numpy":
+        return load_images(where / "train_images.npy"), load_images(where / "test_images.npy")
+    return tuple(np.concatenate([_read_cifar_python(where / name) for name in names])
+                 for names in (layout.train, layout.test))
+
+
+def cifar_missing(params: Params, why: str) -> DataError:
+    """The data stage's and the params check's words when neither a copy nor a download is at hand."""
+    source = params.data.source
+    layout, cfg = CIFAR[source], getattr(params.data, source)
+    return DataError(
+        f"{layout.title} is not at data.{source}.local={cfg.local!r} and the download into "
+        f"data.{source}.root={cfg.root!r} failed ({why}); "
+        f"remedies: connect to the network and rerun, or set data.{source}.local to a copy "
+        f"(a {layout.folder}/ folder or the NumPy layout train_images.npy/test_images.npy)")
 
 
 def cifar_pools(params: Params, paths: Paths, download_timeout: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
@@ -232,11 +255,7 @@ def cifar_pools(params: Params, paths: Paths, download_timeout: float = 5.0) -> 
     try:
         download_and_extract_archive(dataset.url, str(root), filename=dataset.filename, md5=dataset.tgz_md5)
     except Exception as err:
-        raise DataError(
-            f"{layout.title} is not at data.{source}.local={cfg.local!r} and the download into "
-            f"data.{source}.root={cfg.root!r} failed ({type(err).__name__}: {err}); "
-            f"remedies: connect to the network and rerun, or set data.{source}.local to a copy "
-            f"(a {layout.folder}/ folder or the NumPy layout train_images.npy/test_images.npy)") from None
+        raise cifar_missing(params, f"{type(err).__name__}: {err}") from None
     finally:
         socket.setdefaulttimeout(previous)
     found = _find_cifar(root, layout)
@@ -253,6 +272,13 @@ def split_names(params: Params) -> list[str]:
                                                       for s in ("train", "val", "test", "test_source")]
 
 
+def pool_needs(params: Params) -> tuple[int, int, int]:
+    """Images the splits take: from the train pool for fitting (pretraining + the domains' train blocks)
+    and for validation (base + the domains'), and from the test pool."""
+    k, dom, d = len(params.domains.names), params.domains, params.data
+    return d.n_pretrain + k * dom.n_train, d.n_base_val + k * dom.n_val, d.n_base_test + k * dom.n_test
+
+
 def build_splits(params: Params, paths: Paths) -> dict[str, np.ndarray]:
     """Base and domain splits from disjoint base images: pretraining, validation, each domain's train,
     validation and test.
@@ -263,9 +289,8 @@ def build_splits(params: Params, paths: Paths) -> dict[str, np.ndarray]:
     (for sources cut from photos, the validation thumbnails are drawn after the others, from the train photos).
     """
     k, dom = len(params.domains.names), params.domains
-    n_fit = params.data.n_pretrain + k * dom.n_train
-    n_vals = params.data.n_base_val + k * dom.n_val
-    n_train, n_test = n_fit + n_vals, params.data.n_base_test + k * dom.n_test
+    n_fit, n_vals, n_test = pool_needs(params)
+    n_train = n_fit + n_vals
     val = None
     if params.data.source in ("builtin", "folder"):
         pools = builtin_pools if params.data.source == "builtin" else folder_pools

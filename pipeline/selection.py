@@ -63,6 +63,44 @@ def check_search(params) -> None:
                 raise ValueError(f"search.{method}.{key}: give at least one value")
             if len(set(values)) != len(values):
                 raise ValueError(f"search.{method}.{key}: values must be unique")
+            for value in values:
+                _check_value(params, f"search.{method}.{key}", key, value)
+        _check_points(params, method)
+
+
+def _check_points(params, method: str) -> None:
+    """Every grid point's whole params through the schema (rules across keys: freeze_epochs < epochs), and
+    every grid key among the method's PARAMS (else it would not reach its cells' content keys)."""
+    from pydantic import ValidationError
+
+    from .methods import registry
+    module = registry()[method]
+    for key in params.search[method]:
+        if not any(key == p or key.startswith(p + ".") for p in module.PARAMS):
+            raise ValueError(f"search.{method}.{key}: not among the method's params {list(module.PARAMS)}")
+    for point in grid_points(params, method):
+        tree = params.model_dump(mode="json")
+        tree["search"] = {}
+        for key, value in point.items():
+            _set(tree, key, value)
+        try:
+            type(params).model_validate(tree)
+        except ValidationError as err:
+            msg = err.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"search.{method}: the grid point {point} is refused: {msg}") from None
+
+
+def _check_value(params, where: str, key: str, value) -> None:
+    """A grid value through the schema of the block it sets (type and range), as the adapt stage will."""
+    from pydantic import ValidationError
+    block, _, rest = key.partition(".")
+    tree = getattr(params, block).model_dump(mode="json")
+    _set(tree, rest, value)
+    try:
+        type(getattr(params, block)).model_validate(tree)
+    except ValidationError as err:
+        msg = err.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{where} = {value!r}: {msg}") from None
 
 
 def grid_points(params, method: str) -> list[dict]:
