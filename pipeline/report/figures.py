@@ -155,7 +155,8 @@ def fig_misalignment(frames: Frames, tidy: pd.DataFrame, reference: float):
     labels = [variant_label(*k) for k in keys]
     fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(labels) + 1.2))
     sns.barplot(x=frames.misalignment.mean["misalignment_mean_db"].to_numpy(), y=labels, order=labels, hue=labels,
-                hue_order=labels, palette=[method_colour(k[0]) for k in keys], alpha=0.55, legend=False, ax=ax)
+                hue_order=labels, palette=[method_colour(k[0]) for k in keys], saturation=1, alpha=0.55, legend=False,
+                ax=ax)
     with seeded_numpy():
         sns.stripplot(tidy[tidy["metric"] == "misalignment"], x="value", y="variant", order=labels, color="k", size=3,
                       ax=ax, label="one pair A→B, one seed")

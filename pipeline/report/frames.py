@@ -155,7 +155,8 @@ def domain_gain(df: pd.DataFrame, domains: list[str]) -> Cells:
 
 def summarise(inputs: Inputs, domains: list[str]) -> Frames:
     df = inputs.tidy
-    main = _cells({"domain_psnr_db": _per_seed(df, "domain_psnr", KEY), "domain_ssim": _per_seed(df, "domain_ssim", KEY),
+    main = _cells({"domain_psnr_db": _per_seed(df, "domain_psnr", KEY),
+                   "domain_ssim": _per_seed(df, "domain_ssim", KEY),
                    "misalignment_db": _per_seed(df, "misalignment", KEY),
                    "memory_cost_pct": _per_seed(df, "memory_cost", KEY)})
     seeds = _metric(df, "domain_psnr").groupby(KEY, observed=True, dropna=False, sort=False)["seed"]
