@@ -9,7 +9,7 @@ import pandas as pd
 
 from pipeline import claims
 from pipeline.metrics import FIELDS, ordered_pairs
-from pipeline.stages import report
+from pipeline.report.inputs import read_tidy
 
 DOMAINS = ["VA", "VP", "VC"]
 GAMMAS = [0.001, 0.01]
@@ -93,7 +93,7 @@ def through_csv(df: pd.DataFrame, tmp_path) -> pd.DataFrame:
     """Write and re-read like the stages do (empty sparsity/domain cells, typed columns)."""
     path = tmp_path / "evaluation.csv"
     df.to_csv(path, index=False)
-    return report.read_tidy(path)
+    return read_tidy(path)
 
 
 def entry(entries, cid):

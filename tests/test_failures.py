@@ -29,7 +29,8 @@ from .dvc_copy import (
     repro_after_kill,
     slow_params,
 )
-from .test_report import REPORT_FILES, tidy, write_inputs
+from .report.test_stage import REPORT_FILES, write_inputs
+from .synthetic import tidy
 
 OFFLINE = "http://127.0.0.1:9"  # the discard port: every download through this proxy is refused at once
 
@@ -62,7 +63,7 @@ def test_the_report_stage_rewrites_its_persistent_tables_folder(project):
     """With persist, the tables folder is not emptied before the stage runs: the stage replaces every
     table it writes and removes any other file there, so nothing stale passes as this run's output."""
     params, paths = project.params, project.paths
-    write_inputs(params, paths, tidy(list(params.domains.names), list(params.adapt.sparsities)))
+    write_inputs(params, paths, tidy(list(params.domains.names), list(params.adapt.sparsities), new=True))
     paths.tables.mkdir(parents=True)
     (paths.tables / "main.md").write_text("an older main table\n")
     (paths.tables / "dropped_table.md").write_text("a table older code wrote\n")
