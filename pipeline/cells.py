@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # What spans the cells (or picks the methods), not part of a cell's key.
 GRID_KEYS = ("adapt.sparsities", "domains.names", "adapt.seeds", "adapt.methods")
 STAGE_PARAMS = ("adapt.seeds", "search")  # the adapt stage lists these too (they span its cells)
+TIMING_KEYS = ("train_seconds", "seconds")  # a cell's details that are clock readings: MLflow only
 
 
 def method_module(name: str):
@@ -149,8 +150,10 @@ def compute(task: Task) -> dict:
         assert "val_psnr" in result["details"], f"{task.method}.adapt: details lack val_psnr (pipeline/selection.py)"
         tracker.log_metrics({k: v for k, v in result.items() if k in ("domain_psnr", "memory_bytes", "memory_cost_pct")})
         tracker.log_metrics({k: v for k, v in result["details"].items() if isinstance(v, (int, float))})
-        # No run id or commit here: a cached intermediate must be byte-identical across equal runs.
-        write_json(out.metrics, result)
+        # No run id, commit or seconds here (the seconds are in MLflow): a cell's file is a pure function of
+        # its key, byte-identical across equal runs, so DVC's hash of the adapt folder is too.
+        write_json(out.metrics, {**result, "details": {k: v for k, v in result["details"].items()
+                                                       if k not in TIMING_KEYS}})
     try:
         os.rename(tmp, task.stored)  # complete: visible to readers only now
     except OSError:  # the same cell finished by another worker meanwhile: keep the first copy

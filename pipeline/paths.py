@@ -23,6 +23,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent  # the default root: the checkout this code runs from
 
+# Outputs of reports/<run>/ whose bytes name the run that wrote them (MLflow run id, git commit: their
+# provenance lines) or the clock (seconds): two runs with the same inputs differ there and nowhere else.
+# Every other output, in build/ and reports/, is a pure function of its stage's inputs.
+VARYING_OUTPUTS = ("metrics/pretrain.json", "metrics/evaluate.json", "tables/*.md", "tables/*.tex",
+                   "claims.json", "claims.md", "README.md", "ablations/*.md")
+
 
 def cell_name(domain: str, sparsity: float | None, trial: str = "") -> str:
     """A cell's name: ``VA`` or ``VA-0.001``, then its trial's tag (``pipeline.selection.Trial``) if any:

@@ -59,10 +59,23 @@ def closure(*modules: str) -> list[Path]:
     return sorted(seen)
 
 
+def _code(path: Path) -> str:
+    """The module's syntax tree without docstrings: comments, docstrings and layout do not count."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
 def digest(*modules: str) -> str:
-    """sha256 over the relative names and bytes of ``closure(*modules)``."""
+    """sha256 over the relative names and the code (``_code``) of ``closure(*modules)``: an edit of comments
+    or docstrings leaves it unchanged, any change to what runs changes it."""
     h = hashlib.sha256()
     for f in closure(*modules):
         h.update(f"{f.relative_to(ROOT).as_posix()}\n".encode())
-        h.update(f.read_bytes())
+        h.update(_code(f).encode())
     return h.hexdigest()

@@ -469,7 +469,7 @@ def test_build_splits_from_a_folder_and_the_domains_manifest_records_the_photo_s
     manifest = json.loads(paths.manifest.read_text())
     assert manifest["photos"] == data.photo_split(params, AT)
     assert sorted(manifest["photos"]["train"] + manifest["photos"]["test"]) == sorted(photos)
-    assert manifest["provenance"]["data_source"] == "folder"
+    assert manifest["source"]["data_source"] == "folder"
     assert paths.reports == project.root / "reports" / "folder-quick"
     test_photos = {photos[n] for n in manifest["photos"]["test"]}
     base_train = data.load_images(paths.split("base_train"))

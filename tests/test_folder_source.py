@@ -38,7 +38,7 @@ def test_folder_source_end_to_end(tmp_path, mlflow_template):
     manifest = json.loads((build_dir / "data" / "manifest.json").read_text())
     split = manifest["photos"]
     assert sorted(split["train"] + split["test"]) == sorted(photos) and not set(split["train"]) & set(split["test"])
-    assert manifest["provenance"]["data_source"] == "folder"
+    assert manifest["source"]["data_source"] == "folder"
     claims = json.loads((out / "claims.json").read_text())
     assert {c["id"]: c["status"] for c in claims["claims"]}["C1"] == "PASS"
     assert (out / "tables" / "main.md").is_file() and (out / "figures" / "domains_preview.png").is_file()

@@ -56,7 +56,7 @@ def test_locked_mlflow_db_costs_tracking_not_outputs(project, capsys):
         assert data.load_images(paths.split(name)).dtype == np.uint8
     assert (paths.figures / "domains_preview.png").is_file()
     manifest = json.loads(paths.manifest.read_text())
-    assert manifest["provenance"]["mlflow_run_id"] == "not tracked"
+    assert set(manifest) >= {"source", "splits"} and "provenance" not in manifest  # no run id in DVC's data
     err = capsys.readouterr().err
     assert err.count("TRACKING FAILED") == 1 and "locked" in err, err
     print(f"locked mlflow.db: the stage finished in {elapsed:.1f} s")
