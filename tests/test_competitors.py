@@ -307,7 +307,7 @@ def test_base_control_is_one_model_trained_on_base_images_serving_every_domain(a
 
 
 def test_delta_topk_cells_keep_the_top_k_of_the_tuned_delta_and_retraining_keeps_the_mask(adapted):
-    from pipeline.config import DeltaTopk
+    from pipeline.methods.delta_topk import Config as DeltaTopk
     from pipeline.methods.tuning import tuned_path
     from pipeline.paths import Cell
     from pipeline.tracking import Tracker
