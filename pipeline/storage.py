@@ -13,7 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 if TYPE_CHECKING:  # torch is imported where tensors are written: light modules share write_atomic
     import torch
@@ -136,6 +136,37 @@ def read_adapter(path: str | os.PathLike, kind: str, label: str, base_fp: str,
     except Exception as e:  # noqa: BLE001 - any parse failure means an unusable file
         raise fail(f"truncated or unreadable {label} file ({type(e).__name__})") from None
     return tensors, meta
+
+
+def _listed(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def layout_problem(tensors: "Mapping[str, torch.Tensor]", shapes: Mapping[str, tuple[int, ...]],
+                   dtype: "torch.dtype") -> str | None:
+    """The first way ``tensors`` differ from the names and ``shapes`` a loader expects, all of ``dtype``:
+    tensors missing, tensors unexpected, a shape, a dtype; None when they agree."""
+    if missing := sorted(set(shapes) - set(tensors)):
+        return f"tensors missing: {_listed(missing)}"
+    if unexpected := sorted(set(tensors) - set(shapes)):
+        return f"unexpected tensors: {_listed(unexpected)}"
+    for name, want in shapes.items():
+        t = tensors[name]
+        if tuple(t.shape) != tuple(want):
+            return f"tensor {name} has shape {tuple(t.shape)}, expected {tuple(want)}"
+        if t.dtype != dtype:
+            return f"tensor {name} is {t.dtype}, expected {dtype}"
+    return None
+
+
+def nonfinite(tensors: "Mapping[str, torch.Tensor]", noun: str) -> str | None:
+    """What a loader says of the first of ``tensors`` holding NaN or an infinity (``noun`` names what
+    the tensors are: "delta", "factor", "weight"); None when every entry is finite."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            return f"{noun} {name} not finite ({int(t.isnan().sum())} NaN, {int(t.isinf().sum())} infinite)"
+    return None
 
 
 def write_json(path: Path, obj) -> None:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .config import InputError
 from .metrics import Quality, psnr_per_image, ssim_per_image
 from .model import SCModel
-from .storage import save_safetensors, write_atomic_with, wrong_kind
+from .storage import nonfinite, save_safetensors, write_atomic_with, wrong_kind
 
 if TYPE_CHECKING:
     from .config import Params
@@ -328,6 +328,6 @@ def load_model(params: Params, path: Path) -> SCModel:
     except RuntimeError as err:
         first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise ModelFileError(f"{path}: does not match model.width/bandwidth_ratio in params ({first})") from None
-    if not all(torch.isfinite(t).all() for t in state.values()):
-        raise ModelFileError(f"{path}: contains NaN or infinite weights")
+    if problem := nonfinite(state, "weight"):
+        raise ModelFileError(f"{path}: {problem}")
     return model.eval()

@@ -2,13 +2,14 @@
 import copy
 import json
 import os
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from pipeline.sam import (SAMFileError, SAMState, attach_sam, base_fingerprint, install_sam, load_sam, memory_cost,
-                          sam_parameters, sam_state, save_sam)
+from pipeline.sam import (SAMFileError, SAMState, attach_sam, base_fingerprint, install_sam, layer_budgets, load_sam,
+                          memory_cost, sam_parameters, sam_state, save_sam)
 from pipeline.sam import storage
 
 from .sam_helpers import LAYERS, adapted, make_base, n_params, out, x  # noqa: F401 - x is a fixture
@@ -38,23 +39,40 @@ def test_save_load_install_roundtrip(tmp_path, x):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+def _spread(numel: int, k: int) -> torch.Tensor:
+    """``k`` indices spread evenly over a layer of ``numel`` entries (first and last included)."""
+    return torch.linspace(0, numel - 1, k).round().long() if k > 1 else torch.zeros(k, dtype=torch.long)
+
+
+def _gamma_keeping(model, k: int, allocation: str) -> tuple[float, dict[str, int]]:
+    """The sparsity γ = total / N at which ``allocation`` gives layer "0" of ``model`` exactly ``k`` entries,
+    and the budgets of every layer there: a file whose metadata agrees with its counts."""
+    n_all = sum(w.numel() for n, w in model.named_parameters() if n.endswith("weight"))
+    for total in range(max(1, k), n_all + 1):
+        budgets = layer_budgets(model, total / n_all, allocation)
+        if budgets["0"] == k:
+            return total / n_all, budgets
+    raise AssertionError(k)
+
+
 @pytest.mark.parametrize("indices, encoding, per_entry", [(torch.arange(0, 90000, 7), "g", 3),
                                                           (torch.arange(0, 90000, 1000), "d", 4),
                                                           (torch.tensor([0, 5, 80000, 89999]), "i", 6)])
 def test_index_encodings(tmp_path, indices, encoding, per_entry):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(300, 300), nn.Linear(300, 4))
-    small = torch.tensor([3, 17, 1199])
+    gamma, budgets = _gamma_keeping(model, len(indices), "uniform")
+    small = _spread(1200, budgets["1"])
     state = SAMState({"0": indices, "1": small},
-                     {"0": torch.randn(len(indices)).half(), "1": torch.randn(3).half()},
+                     {"0": torch.randn(len(indices)).half(), "1": torch.randn(len(small)).half()},
                      {"0": (300, 300), "1": (4, 300)})
     path = tmp_path / "big.sam"
-    save_sam(path, state, sparsity=0.1, allocation="uniform", base_fingerprint=base_fingerprint(model))
+    save_sam(path, state, sparsity=gamma, allocation="uniform", base_fingerprint=base_fingerprint(model))
     loaded = load_sam(path, model)
-    assert [e[2] for e in json.loads(loaded.meta["layers"])] == [encoding, "a"]
+    assert json.loads(loaded.meta["layers"])[0][2] == encoding
     for n in ("0", "1"):
         assert torch.equal(loaded.indices[n], state.indices[n]) and torch.equal(loaded.values[n], state.values[n])
-    assert os.path.getsize(path) <= per_entry * len(indices) + 4 * 3 + 4096
+    assert os.path.getsize(path) <= per_entry * len(indices) + 4 * len(small) + 4096
 
 
 def _rewrite(path, meta_fn=None, tensor_fn=None, resign=False):
@@ -103,12 +121,12 @@ def test_refusals(tmp_path, x):
     with pytest.raises(SAMFileError, match="altered"):
         load_sam(bad, base)
 
-    # a dense-ish trained mask is all u8gap; a few far-apart entries in enc.2/dec.0 make those uint16
-    sparse_idx = {"enc.2": torch.tensor([0, 600, 1151]), "dec.0": torch.tensor([0, 1000, 2047])}
-    sparse = SAMState({**state.indices, **sparse_idx},
-                      {**state.values, **{n: torch.ones(3).half() for n in sparse_idx}}, state.shapes)
+    # a dense-ish trained mask is all u8gap; at γ = 0.2 % the few far-apart entries of enc.2/dec.0 are uint16
+    budgets = layer_budgets(base, 0.002, "linear")
+    sparse_idx = {n: _spread(int(torch.Size(state.shapes[n]).numel()), k) for n, k in budgets.items()}
+    sparse = SAMState(sparse_idx, {n: torch.ones(len(i)).half() for n, i in sparse_idx.items()}, state.shapes)
     sparse_file = tmp_path / "sparse.sam"
-    save_sam(sparse_file, sparse, sparsity=0.1, allocation="linear", base_fingerprint=fp)
+    save_sam(sparse_file, sparse, sparsity=0.002, allocation="linear", base_fingerprint=fp)
     sparse_data = sparse_file.read_bytes()
     encodings = {e[0]: e[2] for e in json.loads(load_sam(sparse_file, base).meta["layers"])}
     assert encodings == {"enc.0": "g", "enc.2": "a", "mix": "g", "dec.0": "a", "dec.2": "g"}
@@ -134,9 +152,10 @@ def test_refusals(tmp_path, x):
     save_sam(bad, renamed, sparsity=0.1, allocation="linear", base_fingerprint=fp)
     with pytest.raises(SAMFileError, match="layer names"):
         load_sam(bad, base)
-    reshaped = SAMState(state.indices, state.values, {**state.shapes, "mix": (32, 8)})
-    save_sam(bad, reshaped, sparsity=0.1, allocation="linear", base_fingerprint=fp)
-    with pytest.raises(SAMFileError, match="shape"):
+    bad.write_bytes(data)  # mix's table row says (32, 8): a layer the model does not have
+    _rewrite(bad, meta_fn=lambda m: m.update(layers=json.dumps([e[:3] + [[32, 8] if e[0] == "mix" else e[3]] + e[4:]
+                                                                for e in json.loads(m["layers"])])), resign=True)
+    with pytest.raises(SAMFileError, match=r"layer mix: shape \(32, 8\) != model's \(16, 16\)"):
         load_sam(bad, base)
 
     # a failing save never replaces a good file
@@ -181,16 +200,19 @@ def test_u8gap_file_roundtrip(tmp_path):
     g = torch.Generator().manual_seed(0)
     edge = torch.tensor([0, 1, 2, 257, 512, 768, 1278, 1789, 89999])  # gaps 1, 255, 255, 256, 510, 511, huge
     dense = torch.cat([edge, torch.randint(2000, 89000, (3000,), generator=g)]).unique()
-    state = SAMState({"0": dense, "1": torch.tensor([7])}, {"0": torch.randn(len(dense)).half(),
-                     "1": torch.ones(1).half()}, {"0": (300, 300), "1": (4, 300)})
+    gamma, budgets = _gamma_keeping(model, len(dense), "uniform")
+    small = _spread(1200, budgets["1"])  # gaps < 255: one byte each
+    state = SAMState({"0": dense, "1": small}, {"0": torch.randn(len(dense)).half(),
+                     "1": torch.ones(len(small)).half()}, {"0": (300, 300), "1": (4, 300)})
     path = tmp_path / "g.sam"
-    save_sam(path, state, sparsity=0.03, allocation="uniform", base_fingerprint=base_fingerprint(model))
+    save_sam(path, state, sparsity=gamma, allocation="uniform", base_fingerprint=base_fingerprint(model))
     loaded = load_sam(path, model)
     rows = json.loads(loaded.meta["layers"])
-    assert [r[2] for r in rows] == ["g", "g"] and rows[0][4] == storage._u8gap_size(dense) and rows[1][4] == 1
+    assert [r[2] for r in rows] == ["g", "g"] and rows[0][4] == storage._u8gap_size(dense)
+    assert rows[1][4] == len(small) > 1
     for n in ("0", "1"):
         assert torch.equal(loaded.indices[n], state.indices[n]) and torch.equal(loaded.values[n], state.values[n])
-    assert os.path.getsize(path) <= 2 * len(dense) + storage._u8gap_size(dense) + 3 + 1024
+    assert os.path.getsize(path) <= 2 * len(dense) + storage._u8gap_size(dense) + 3 * len(small) + 1024
 
 
 def test_encoder_picks_smallest():
@@ -282,3 +304,115 @@ def test_file_below_gamma_on_small_model(tmp_path):
         if gamma == 0.01:
             assert memory_cost(path, base)["pct"] < 1.0
 
+
+
+# ----------------------------------------------------------------------------- sense checks on load
+@pytest.fixture
+def stored(tmp_path, x):
+    """The base, and two well-formed files: a trained 1 % SAM (all u8gap) and a 0.2 % one whose
+    far-apart entries put enc.2 and dec.0 in the uint16 stream (enc.2 first)."""
+    base = make_base()
+    fp = base_fingerprint(base)
+    trained = tmp_path / "trained.sam"
+    save_sam(trained, sam_state(adapted(base, 0.01, x=x)), sparsity=0.01, allocation="linear", base_fingerprint=fp)
+    budgets = layer_budgets(base, 0.002, "linear")
+    idx = {n: _spread(int(torch.Size(s).numel()), budgets[n]) for n, s in sam_state(attach_sam(
+        copy.deepcopy(base), 0.002)).shapes.items()}
+    sparse = tmp_path / "sparse.sam"
+    save_sam(sparse, SAMState(idx, {n: torch.ones(len(i)).half() for n, i in idx.items()},
+                              {n: tuple(m.weight.shape) for n, m in ((n, base.get_submodule(n)) for n in idx)}),
+             sparsity=0.002, allocation="linear", base_fingerprint=fp)
+    assert {e[0]: e[2] for e in json.loads(load_sam(sparse, base).meta["layers"])}["enc.2"] == "a"
+    return base, {"trained": trained, "sparse": sparse}
+
+
+def _values(i, v):
+    def edit(t):
+        t["values"] = t["values"].clone()
+        t["values"][i] = v
+    return edit
+
+
+def _u16(fn):
+    return lambda t: t.update(indices_u16=fn(t["indices_u16"].to(torch.int64)).to(torch.uint16))
+
+
+def _repeat_first(i):
+    i = i.clone()
+    i[1] = i[0]
+    return i
+
+
+SENSE = {  # case: (file, metadata edit, tensor edit, what the one line must say after the file's name)
+    "nan": ("trained", None, _values(2, float("nan")), r"values of layer enc\.0 not finite \(1 NaN, 0 infinite\)"),
+    "inf": ("trained", None, _values(-1, float("inf")), r"values of layer dec\.2 not finite \(0 NaN, 1 infinite\)"),
+    "-inf": ("trained", None, _values(-1, float("-inf")), r"values of layer dec\.2 not finite \(0 NaN, 1 infinite\)"),
+    "gamma": ("trained", {"sparsity": "0.5"}, None,
+              r"metadata sparsity 0\.5 gives a budget of round\(γN\) = 1944 of N = 3888 entries, "
+              r"the file keeps 39 \(γ = 0\.01003\)"),
+    "gamma_nan": ("trained", {"sparsity": "nan"}, None, r"metadata sparsity 'nan' is not a number in \(0, 1\]"),
+    "gamma_zero": ("trained", {"sparsity": "0"}, None, r"metadata sparsity '0' is not a number in \(0, 1\]"),
+    "gamma_text": ("trained", {"sparsity": "one percent"}, None,
+                   r"metadata sparsity 'one percent' is not a number in \(0, 1\]"),
+    "allocation": ("trained", {"allocation": "uniform"}, None,
+                   r"metadata allocation 'uniform' gives layer enc\.0 2 entries at sparsity 0\.01, the file keeps 5 "
+                   r"\(\d layers differ\)"),
+    "allocation_unknown": ("trained", {"allocation": "by eye"}, None,
+                           r"metadata allocation 'by eye' is not one of linear, uniform, product"),
+    "out_of_range": ("sparse", None, _u16(lambda i: torch.cat([i[:-1], i.new_tensor([60000])])),
+                     r"layer dec\.0: indices out of range \[0, 2048\) of the layer's weight \(index 60000\)"),
+    "repeated": ("sparse", None, _u16(_repeat_first), r"layer enc\.2: indices repeated \(index 0 kept 2 times\)"),
+}
+
+
+@pytest.mark.parametrize("case", SENSE)
+def test_a_file_with_a_valid_hash_but_no_sense_is_refused_in_one_line(stored, case):
+    base, files = stored
+    which, meta, tensors, message = SENSE[case]
+    path = files[which]
+    load_sam(path, base)  # well-formed before the edit
+    _rewrite(path, meta_fn=meta and (lambda m: m.update(meta)), tensor_fn=tensors, resign=True)
+    with pytest.raises(SAMFileError) as err:
+        load_sam(path, base)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and "\n" not in text, text
+    assert re.fullmatch(message, text[len(f"{path}: "):]), text
+
+
+def test_the_budget_cases_differ_from_the_stored_counts(stored):
+    """What makes the gamma and allocation cases real: the rule's counts at the edited metadata are not the file's."""
+    base, files = stored
+    counts = {e[0]: e[1] for e in json.loads(load_sam(files["trained"], base).meta["layers"])}
+    assert counts == layer_budgets(base, 0.01, "linear") != layer_budgets(base, 0.01, "uniform")
+    assert sum(counts.values()) == round(0.01 * 3888) == 39
+
+
+def test_save_refuses_counts_its_metadata_does_not_give(stored, tmp_path):
+    base, files = stored
+    state = load_sam(files["trained"], base)
+    data = files["trained"].read_bytes()
+    with pytest.raises(ValueError, match=r"metadata sparsity 0\.02 gives a budget of round\(γN\) = 78"):
+        save_sam(files["trained"], state, sparsity=0.02, allocation="linear", base_fingerprint=base_fingerprint(base))
+    with pytest.raises(ValueError, match=r"metadata allocation 'product' gives layer"):
+        save_sam(files["trained"], state, sparsity=0.01, allocation="product", base_fingerprint=base_fingerprint(base))
+    assert files["trained"].read_bytes() == data and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_a_delta_topk_file_is_a_sam_file_and_loads_as_one(tmp_path):
+    """delta_topk stores its top-k deltas with save_sam: the same format, the same checks, the same tensors."""
+    from pipeline.methods import delta_topk
+    base, tuned = make_base(), make_base(seed=1)
+    state = delta_topk.topk_delta(base, tuned, layer_budgets(base, 0.05, "product"))
+    state.values = {n: v.half() for n, v in state.values.items()}
+    path = tmp_path / "d.safetensors"
+    save_sam(path, state, sparsity=0.05, allocation="product", base_fingerprint=base_fingerprint(base),
+             extra_meta={"domain": "VA", "method": delta_topk.NAME})
+    from pipeline.storage import file_kind
+    assert file_kind(path) == "sam"
+    loaded = load_sam(path, base)
+    assert loaded.meta["method"] == "delta_topk"
+    for n in state.indices:
+        assert torch.equal(loaded.indices[n], state.indices[n]) and torch.equal(loaded.values[n], state.values[n])
+    _rewrite(path, meta_fn=lambda m: m.update(allocation="linear"), resign=True)
+    with pytest.raises(SAMFileError, match=r"metadata allocation 'linear' gives layer"):
+        load_sam(path, base)

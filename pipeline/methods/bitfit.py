@@ -19,7 +19,7 @@ from pydantic import Field
 from ..config import Block, InputError, LearningRate
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct
-from ..storage import KIND_KEY, read_adapter, safetensors_bytes, write_atomic
+from ..storage import KIND_KEY, layout_problem, nonfinite, read_adapter, safetensors_bytes, write_atomic
 from ..train import data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant
 
@@ -35,7 +35,7 @@ class Config(Block):
 
 
 class BitFitFileError(InputError):
-    """A stored BitFit delta that must not be used (unreadable, another kind, or for another base)."""
+    """A stored BitFit delta that must not be used (unreadable, another kind, for another base, or not finite)."""
 
 
 def bitfit_names(model: nn.Module) -> list[str]:
@@ -61,16 +61,21 @@ def save_bitfit(path, tuned: nn.Module, base: nn.Module, *, domain: str) -> None
 
 
 def load_bitfit(path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """The fp16 deltas of a stored BitFit, checked against the plain base ``model``; BitFitFileError."""
+    """The fp16 deltas of a stored BitFit, checked against the plain base ``model``; BitFitFileError.
+
+    Refused, in one line naming the file and what is wrong: another kind of file, another base
+    (``read_adapter``), a tensor missing, unexpected, of another shape or not fp16, a delta not finite.
+    """
     def fail(msg: str) -> BitFitFileError:
         return BitFitFileError(f"{os.fspath(path)}: {msg}")
 
     tensors, _ = read_adapter(path, NAME, "BitFit", base_fingerprint(model), fail)
     params = dict(model.named_parameters())
     want_shapes = {n: tuple(params[n].shape) for n in bitfit_names(model)}
-    if {n: tuple(t.shape) for n, t in tensors.items()} != want_shapes or any(
-            t.dtype != torch.float16 for t in tensors.values()):
-        raise fail("tensors do not match the model's biases and PReLU slopes (names, shapes or fp16 dtype)")
+    if problem := layout_problem(tensors, want_shapes, torch.float16):
+        raise fail(f"{problem} (one fp16 delta per bias and PReLU slope of the model)")
+    if problem := nonfinite(tensors, "delta"):
+        raise fail(problem)
     return tensors
 
 

@@ -22,7 +22,7 @@ from ..config import Block, Epochs, LearningRate
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct, tensor_bytes
 from ..model import apply_channel
-from ..storage import save_safetensors, wrong_kind
+from ..storage import nonfinite, save_safetensors, wrong_kind
 from ..train import ModelFileError, data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant
 from .tuning import tuned_models
@@ -109,14 +109,29 @@ def adapt(ctx: Context, domain: str, sparsity: None, out, tracker) -> dict:
 
 
 def load_equalizers(ctx: Context, receiver: str, channels: int, path=None) -> dict[str, Equalizer]:
+    """The receiver's equalizer per partner; ModelFileError in one line naming the file and what is wrong
+    (another kind of file, unreadable, a partner's tensors not those of ``equalizer.hidden/blocks``, a
+    weight not finite)."""
     path = path or eq_path(ctx, receiver)
     if problem := wrong_kind(path, NAME):
         raise ModelFileError(f"{path}: {problem}")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: equalizer file not found (run the adapt stage for equalizer first)") from None
+    except Exception as err:  # noqa: BLE001 - any parse failure means an unusable file
+        raise ModelFileError(f"{path}: truncated or unreadable equalizer file ({type(err).__name__})") from None
+    if problem := nonfinite(state, "weight"):
+        raise ModelFileError(f"{path}: {problem}")
     out = {}
     for partner in (d for d in ctx.params.domains.names if d != receiver):
         eq = new_equalizer(ctx, channels)
-        eq.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(partner + ".")})
+        try:
+            eq.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(partner + ".")})
+        except RuntimeError as err:
+            lines = str(err).splitlines()
+            raise ModelFileError(f"{path}: partner {partner}: does not match equalizer.hidden/blocks in params "
+                                 f"({(lines[1] if len(lines) > 1 else lines[0]).strip()})") from None
         out[partner] = eq.eval()
     return out
 

@@ -48,7 +48,7 @@ from pydantic import Field
 from ..config import Block, InputError, LearningRate
 from ..fingerprint import base_fingerprint
 from ..metrics import fp32_bytes, memory_cost_pct
-from ..storage import KIND_KEY, read_adapter, safetensors_bytes, write_atomic
+from ..storage import KIND_KEY, layout_problem, nonfinite, read_adapter, safetensors_bytes, write_atomic
 from ..train import data_fingerprint, fingerprint, fit
 from . import BASE_AGENT, Context, Variant
 
@@ -66,7 +66,8 @@ ADAPTER = "default"  # peft's adapter name
 
 
 class LoRAFileError(InputError):
-    """A stored LoRA that must not be used (unreadable, another kind, or for another base)."""
+    """A stored LoRA that must not be used (unreadable, another kind, for another base, factors other than its
+    ranks give, or not finite)."""
 
 
 # ------------------------------------------------------------------------------------------ layers
@@ -236,7 +237,12 @@ def save_lora(path, model: nn.Module, ranks: dict[str, int], *, base_fp: str, sp
 
 
 def load_lora(path, model: nn.Module) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
-    """(ranks, fp16 factors) of a stored LoRA, checked against the plain base ``model``; LoRAFileError."""
+    """(ranks, fp16 factors) of a stored LoRA, checked against the plain base ``model``; LoRAFileError.
+
+    Refused, in one line naming the file and what is wrong: another kind of file, another base
+    (``read_adapter``), unreadable ranks, a rank for a layer the model lacks or outside [1, max rank],
+    a factor missing, unexpected, of another shape than its rank gives or not fp16, a factor not finite.
+    """
     def fail(msg: str) -> LoRAFileError:
         return LoRAFileError(f"{os.fspath(path)}: {msg}")
 
@@ -254,9 +260,10 @@ def load_lora(path, model: nn.Module) -> tuple[dict[str, int], dict[str, torch.T
             raise fail(f"layer {n}: rank {r} outside [1, {max_rank(layers[n])}]")
         a, b = shapes(layers[n], r)
         want_shapes.update({f"{n}.lora_A": a, f"{n}.lora_B": b})
-    got = {k: tuple(t.shape) for k, t in tensors.items()}
-    if got != want_shapes or any(t.dtype != torch.float16 for t in tensors.values()):
-        raise fail("tensors do not match the ranks in the metadata (names, shapes or fp16 dtype)")
+    if problem := layout_problem(tensors, want_shapes, torch.float16):
+        raise fail(f"{problem} (the fp16 factors of the metadata's ranks)")
+    if problem := nonfinite(tensors, "factor"):
+        raise fail(problem)
     return {n: ranks.get(n, 0) for n in layers}, tensors
 
 

@@ -47,8 +47,14 @@ def sam_layers(model: nn.Module) -> dict[str, SAMLayer]:
 def layer_budgets(model: nn.Module, sparsity: float, allocation: str = "linear") -> dict[str, int]:
     """Kept entries per adaptable layer of ``model`` (by plain-model name) for this budget rule."""
     weights = {n: (m.base if isinstance(m, SAMLayer) else m).weight for n, m in _layers(model).items()}
+    return shape_budgets({n: tuple(w.shape) for n, w in weights.items()}, sparsity, allocation)
+
+
+def shape_budgets(shapes: Mapping[str, tuple[int, ...]], sparsity: float, allocation: str = "linear") -> dict[str, int]:
+    """``layer_budgets`` from the layers' weight shapes alone (what a stored SAM records)."""
+    meta = {n: torch.empty(shape, device="meta") for n, shape in shapes.items()}
     dims = {n: (w.numel(), *nn.init._calculate_fan_in_and_fan_out(w))
-            for n, w in weights.items()}  # ConvTranspose2d: torch's (in, out/groups, kh, kw) convention
+            for n, w in meta.items()}  # ConvTranspose2d: torch's (in, out/groups, kh, kw) convention
     return allocate_budget(dims, sparsity, allocation)
 
 
@@ -128,8 +134,13 @@ def _index_problem(idx: Tensor, val: Tensor, numel: int) -> str | None:
     if not val.is_floating_point():
         return "values must be floating point"
     if len(idx) and (idx.min() < 0 or idx.max() >= numel):
-        return f"indices out of range [0, {numel})"
+        bad = int(idx[(idx < 0) | (idx >= numel)][0])
+        return f"indices out of range [0, {numel}) of the layer's weight (index {bad})"
     if len(idx) > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        seen, counts = torch.unique(idx, return_counts=True)
+        if bool((counts > 1).any()):
+            first = int((counts > 1).nonzero()[0])
+            return f"indices repeated (index {int(seen[first])} kept {int(counts[first])} times)"
         return "indices not strictly increasing"
     return None
 

@@ -4,7 +4,23 @@ Per kept entry: 2 bytes for its fp16 value plus its index, in whichever of four
 encodings is smallest for its layer: `u8gap` (1 byte per gap of fewer than 255
 skipped entries, +1 byte per further 255 skipped), uint16 absolute (numel <= 65536),
 uint16 gaps (every gap < 65536) or int32 absolute. The metadata holds the layer
-table, the base model's fingerprint and a sha256 over metadata and payload.
+table, the sparsity γ and the allocation rule the counts were drawn with, the base
+model's fingerprint and a sha256 over metadata and payload.
+
+The same format stores delta_topk's sparse deltas (`pipeline.methods.delta_topk`: the
+top-k of |W_tuned - W0| under sam's budget): such a file is a SAM file, loads with
+`load_sam` and passes the same checks; only its extra metadata (``method``) tells it apart.
+
+`load_sam` refuses a file, in one line naming the file and what is wrong
+(`SAMFileError`), unless every check passes, in this order: it is not another kind
+of the pipeline's files; it parses; its format is ``sam/2``; the sha256 matches; it
+was made for this base model; the layer table agrees with the payload (counts, byte
+counts, encodings, no stream longer or shorter); its layers are the model's, with
+the model's weight shapes; each layer's indices are in range for its weight and
+strictly increasing (none repeated); every value is finite; the metadata sparsity is
+a number in (0, 1] whose budget round(γN) is the file's kept count; and the metadata
+allocation gives each layer the count it holds (`pipeline.sam.model.layer_budgets`).
+`save_sam` refuses to write a state that would fail the last four.
 """
 from __future__ import annotations
 
@@ -19,15 +35,16 @@ from torch import Tensor, nn
 
 from ..config import InputError
 from ..fingerprint import base_fingerprint, base_tensors, hash_tensors
-from ..storage import safetensors_bytes, write_atomic, wrong_kind
-from .model import SAMState, _index_problem, _layers, _state_problem
+from ..storage import nonfinite, safetensors_bytes, write_atomic, wrong_kind
+from .budget import ALLOCATIONS
+from .model import SAMState, _index_problem, _layers, _state_problem, shape_budgets
 
 FORMAT = "sam/2"
 _RESERVED = ("format", "sparsity", "allocation", "base_fingerprint", "layers", "sha256")
 
 
 class SAMFileError(InputError):
-    """A stored SAM that must not be used (unreadable, altered, or for another base)."""
+    """A stored SAM that must not be used (unreadable, altered, for another base, or holding what makes no sense)."""
 
 
 def _payload_digest(meta: Mapping[str, str], tensors: Mapping[str, Tensor]) -> str:
@@ -35,6 +52,34 @@ def _payload_digest(meta: Mapping[str, str], tensors: Mapping[str, Tensor]) -> s
     h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
     hash_tensors(h, tensors)
     return h.hexdigest()
+
+
+def _budget_problem(state: SAMState, sparsity: str, allocation: str) -> str | None:
+    """Where the kept counts of ``state`` disagree with the metadata ``sparsity`` (as stored, a string)
+    and ``allocation``: the total against round(γN), then each layer against the rule's count."""
+    try:
+        gamma = float(sparsity)
+    except (TypeError, ValueError):
+        gamma = float("nan")
+    if not 0.0 < gamma <= 1.0:
+        return f"metadata sparsity {sparsity!r} is not a number in (0, 1]"
+    if allocation not in ALLOCATIONS:
+        return f"metadata allocation {allocation!r} is not one of {', '.join(ALLOCATIONS)}"
+    try:
+        budget = shape_budgets(state.shapes, gamma, allocation)
+    except ValueError as e:
+        return f"metadata sparsity {sparsity}: {e}"
+    counts = {n: int(state.indices[n].numel()) for n in budget}
+    total, kept = sum(budget.values()), sum(counts.values())
+    if kept != total:
+        n_all = sum(int(torch.Size(shape).numel()) for shape in state.shapes.values())
+        return (f"metadata sparsity {sparsity} gives a budget of round(γN) = {total} of N = {n_all} entries, "
+                f"the file keeps {kept} (γ = {kept / n_all:.4g})")
+    if wrong := [n for n in budget if counts[n] != budget[n]]:
+        more = f" ({len(wrong)} layers differ)" if len(wrong) > 1 else ""
+        return (f"metadata allocation {allocation!r} gives layer {wrong[0]} {budget[wrong[0]]} entries at "
+                f"sparsity {sparsity}, the file keeps {counts[wrong[0]]}{more}")
+    return None
 
 
 _U8_ESC = 255  # u8gap continuation byte: "255 more skipped entries, keep reading"
@@ -109,7 +154,9 @@ def save_sam(path: str | os.PathLike, state: SAMState, *, sparsity: float, alloc
     for a layer of <= 65536 entries. The metadata holds the layer table as compact
     JSON, one [name, count, encoding, shape] per layer, plus the stream's byte count
     for u8gap layers. Written to a temporary file and renamed, so an existing good
-    file is never replaced by garbage.
+    file is never replaced by garbage. A state `load_sam` would refuse is not written
+    (ValueError): indices out of range or not strictly increasing, values not finite in
+    float16, or kept counts other than the budget of `sparsity` and `allocation`.
     """
     streams: dict[str, list[Tensor]] = {k: [] for k in _DTYPES}
     layers = []
@@ -123,6 +170,8 @@ def save_sam(path: str | os.PathLike, state: SAMState, *, sparsity: float, alloc
         streams[_STREAMS[enc]].append(raw)
         streams["values"].append(val)
         layers.append([n, len(idx), enc, list(shape)] + ([len(raw)] if enc == "g" else []))
+    if problem := _budget_problem(state, repr(float(sparsity)), str(allocation)):
+        raise ValueError(problem)
     tensors = {k: torch.cat(v) for k, v in streams.items() if sum(len(t) for t in v)}
     meta = {"format": FORMAT, "sparsity": repr(float(sparsity)), "allocation": str(allocation),
             "base_fingerprint": base_fingerprint, "layers": json.dumps(layers, separators=(",", ":"))}
@@ -200,7 +249,8 @@ def load_sam(path: str | os.PathLike, model: nn.Module) -> SAMState:
         raise
     except (ValueError, TypeError) as e:
         raise fail(f"inconsistent layer table: {e}") from None
-    problem = _state_problem(state, _layers(model))
+    problem = (_state_problem(state, _layers(model)) or nonfinite(state.values, "values of layer")
+               or _budget_problem(state, meta.get("sparsity"), meta.get("allocation")))
     if problem:
         raise fail(problem)
     return state
