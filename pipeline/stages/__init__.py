@@ -61,3 +61,20 @@ def provenance(params: Params, paths: Paths, run_id: str | None) -> dict:
     from ..tracking import git_commit
     return {"profile": params.profile, "data_source": params.data.source, "git_commit": git_commit(paths.root),
             "mlflow_run_id": run_id or "not tracked"}
+
+
+def write_table(df, name: str, params: Params, paths: Paths, run_id: str | None, finding: str) -> None:
+    """A study's table as ``ablations/<name>.csv`` and ``.md`` (provenance, the finding, the table)."""
+    folder = paths.ablations
+    write_text(folder / f"{name}.csv", df.to_csv(index=False))
+    prov = provenance(params, paths, run_id)
+    head = ", ".join(f"{k}: {v}" for k, v in prov.items())
+    write_text(folder / f"{name}.md", f"<!-- {head} -->\n# {name}\n\n**Finding.** {finding}\n\n"
+                                      f"{df.to_markdown(index=False, floatfmt='.3f')}\n")
+
+
+def log_to_parent(tracker, paths: Paths, table: str, figure: Path) -> None:
+    """A study's table and figure on the execution's parent run, beside the report's."""
+    tracker.log_parent_artifact(figure, "figures")
+    for ext in ("csv", "md"):
+        tracker.log_parent_artifact(paths.ablations / f"{table}.{ext}", "ablations")
