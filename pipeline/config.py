@@ -209,7 +209,8 @@ class Ablate(_Block):
     studies: tuple[str, ...] = Field(description="the ablate matrix: names of pipeline/studies/<name>.py; "
                                      "empty: no ablations")
     domains: tuple[str, ...] = Field(min_length=1, description="among domains.names")
-    sparsity: Annotated[float, Field(gt=0, le=1)] = Field(description="sparsity of the allocation, mask and recipe studies")
+    sparsity: Annotated[float, Field(gt=0, le=1)] = Field(
+        description="sparsity of the allocation, mask, recipe and bases studies")
 
     @field_validator("studies", "domains")
     @classmethod

@@ -1,8 +1,8 @@
 """One thin entry point per DVC stage (``python -m pipeline.stages.<stage>``).
 
-Shared here: the error boundary (one line, non-zero exit, nothing written) and atomic writers.
-Each entry point builds the run's ``Paths`` once and hands it down; a stage owns its outputs and
-passes their paths to the code below it.
+Shared here: the error boundary (one line, non-zero exit, nothing written), atomic writers and the
+study tables of ``ablate`` and ``network``. Each entry point builds the run's ``Paths`` once and hands it
+down; a stage owns its outputs and passes their paths to the code below it; no stage imports another.
 """
 from __future__ import annotations
 

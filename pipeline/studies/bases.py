@@ -63,7 +63,8 @@ def run(ctx: Context) -> tuple[pd.DataFrame, str, object]:
             cell = ctx.paths.cell("sam", d, s, Trial(seed, point_of[d]).tag).metrics
             psnr = json.loads(cell.read_text())["domain_psnr"]
             found.append({"base": "main", "pretrain_seed": params.pretrain.seed,
-                          "pretrain_epochs": params.pretrain.epochs, "adapt_seed": seed, "domain": d, "pretrained_psnr": pretrained_main[d], "sam_psnr": psnr})
+                          "pretrain_epochs": params.pretrain.epochs, "adapt_seed": seed, "domain": d,
+                          "pretrained_psnr": pretrained_main[d], "sam_psnr": psnr})
     base_psnr = {"main": ctx.psnr(ctx.self_link(ctx.pretrained()), ctx.split("base_test"))}
     for b in range(1, a.bases + 1):
         seed = params.pretrain.seed + b

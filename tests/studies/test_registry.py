@@ -64,9 +64,28 @@ def test_ablations_turns_on_every_study_of_the_registry():
 
 
 def test_ablation_finding_names_a_tie_instead_of_a_zero_margin():
-    from pipeline.studies import best as _best
-    assert _best(pd.Series({"linear": 24.301, "uniform": 24.104, "product": 24.104})) == \
+    from pipeline.studies import best
+    assert best(pd.Series({"linear": 24.301, "uniform": 24.104, "product": 24.104})) == \
         "best: linear (+0.20 dB over the runner-up)"
-    assert _best(pd.Series({"linear": 24.101, "uniform": 24.104, "product": 24.104})) == \
+    assert best(pd.Series({"linear": 24.101, "uniform": 24.104, "product": 24.104})) == \
         "tie at 24.10 dB between linear, uniform, product"
-    assert _best(pd.Series({"score": 23.0, "random": 23.5, "fisher": 23.502})) == "tie at 23.50 dB between random, fisher"
+    assert best(pd.Series({"score": 23.0, "random": 23.5, "fisher": 23.502})) == \
+        "tie at 23.50 dB between random, fisher"
+
+
+def test_the_ablate_stage_runs_the_study_it_is_given_and_writes_its_outputs(adapted):
+    from pipeline.stages import ablate
+    raw = copy.deepcopy(adapted.raw)
+    raw["ablate"].update(studies=["snr"], snr_db=[10.0])
+    adapted.write_params(raw)
+    params, paths = adapted.params, adapted.paths
+    with pytest.raises(ConfigError, match=r"--study 'mask' not in ablate.studies \['snr'\]"):
+        ablate.main(params, paths, ["--study", "mask"])
+    assert not paths.ablations.exists() or not any(paths.ablations.iterdir())
+    ablate.main(params, paths, ["--study", "snr"])
+    table = pd.read_csv(paths.ablations / "snr.csv")
+    assert list(table.snr_db.unique()) == [10.0] and set(table.channel) == {"awgn", "rayleigh"}
+    text = (paths.ablations / "snr.md").read_text()
+    assert text.startswith("<!-- profile: quick") and "**Finding.** sam's misalignment stays 0 dB" in text
+    assert (paths.figures / "ablation_snr.png").stat().st_size > 0
+    assert not (paths.checkpoints / "ablate" / "snr").exists()
