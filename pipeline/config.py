@@ -204,8 +204,9 @@ class Execute(_Block):
     gpus_per_cell: Annotated[float, Field(gt=0, le=1)] = Field(description="ray on CUDA: GPU share of a cell")
 
 
-class Ablate(_Block):
-    """The ablate block's shared keys; ``params_model`` adds every study's own fields (pipeline/studies/)."""
+class AblateBase(_Block):
+    """The ablate block's shared keys; ``Ablate`` (composed by ``params_model``) adds every study's own fields
+    (pipeline/studies/)."""
     studies: tuple[str, ...] = Field(description="the ablate matrix: names of pipeline/studies/<name>.py; "
                                      "empty: no ablations")
     domains: tuple[str, ...] = Field(min_length=1, description="among domains.names")
@@ -233,7 +234,7 @@ class ParamsBase(_Block):
     pretrain: Pretrain
     adapt: Adapt
     evaluate: Evaluate
-    ablate: Ablate
+    ablate: AblateBase
     search: dict[str, Grid] = Field(description="per method, dotted param -> values tried; chosen on validation "
                                     "data (pipeline/selection.py)")
 
@@ -371,23 +372,27 @@ def params_model() -> type[ParamsBase]:
     return create_model("Params", __base__=ParamsBase, __module__=__name__, ablate=(ablate, ...), **blocks)
 
 
-def _compose_ablate(configs: dict[str, type[Block]]) -> type[Ablate]:
-    """``Ablate`` plus the fields (and validators) of every study's ``Config``, in the studies' order."""
-    owner = {key: "the shared ablate block" for key in Ablate.model_fields}
+def _compose_ablate(configs: dict[str, type[Block]]) -> type[AblateBase]:
+    """``Ablate``: ``AblateBase`` plus the fields (and validators) of every study's ``Config``, in the studies'
+    order."""
+    owner = {key: "the shared ablate block" for key in AblateBase.model_fields}
     for name, config in configs.items():
         for key in config.model_fields:
             if key in owner:
                 raise RuntimeError(f"ablate.{key}: defined by study {name} and by {owner[key]}")
             owner[key] = f"study {name}"
-    # pydantic collects fields along the reversed MRO: Ablate's first, then each study's in order
-    return create_model("Ablate", __base__=(*reversed(configs.values()), Ablate), __module__=__name__)
+    # pydantic collects fields along the reversed MRO: AblateBase's first, then each study's in order
+    return create_model("Ablate", __base__=(*reversed(configs.values()), AblateBase), __module__=__name__)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str):  # the composed models, by the names pickle looks up
     if name == "Params":
         return params_model()
+    if name == "Ablate":
+        return params_model().model_fields["ablate"].annotation
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if TYPE_CHECKING:  # for type checkers: the composed model has ParamsBase's fields and the methods' blocks
+if TYPE_CHECKING:  # for type checkers: the composed models have the base's fields and the plug-ins' blocks
     Params = ParamsBase
+    Ablate = AblateBase
