@@ -61,27 +61,16 @@ def dvc_stages(raw: dict, dvc_yaml: Path) -> list[tuple[str, str]]:
             log.setLevel(level)
 
 
-def _with_siblings(src: Path) -> str:
-    """A stage module's source plus that of the sibling modules it imports from (``network.py`` runs
-    ``ablate.network_main``, which opens the Tracker)."""
-    text = src.read_text()
-    for name in re.findall(r"^from \.(\w+) import", text, flags=re.M):
-        sibling = src.with_name(f"{name}.py")
-        if sibling.is_file():
-            text += sibling.read_text()
-    return text
-
-
 def expected_cells(raw: dict, dvc_yaml: Path) -> tuple[list[str], list[str]]:
     """(tracked, untracked): the MLflow child-run names the pipeline's stages have for params ``raw``
     (DVC's ``stage@cell`` as the Tracker's ``stage[cell]``), and the stages whose module never opens
-    a ``Tracker`` (no MLflow run to read)."""
+    a ``Tracker`` (no MLflow run to read; every stage module opens its own, no stage imports another)."""
     tracked, untracked = [], []
     for name, cmd in dvc_stages(raw, dvc_yaml):
         stage, _, cell = name.partition("@")
         module = re.search(r"-m\s+([\w.]+)", cmd or "")
         src = dvc_yaml.parent / (module.group(1).replace(".", "/") + ".py") if module else None
-        if src is not None and src.is_file() and "Tracker(" not in _with_siblings(src):
+        if src is not None and src.is_file() and "Tracker(" not in src.read_text():
             untracked += [stage] if stage not in untracked else []
         else:
             tracked.append(f"{stage}[{cell}]" if cell else stage)

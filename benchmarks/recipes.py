@@ -6,7 +6,7 @@ the same seed on the profile's base training images (``build/<run>/data/base_tra
 ``domains`` stage) for the same number of epochs, one after another, and after every epoch measures the
 PSNR on the base validation images (fp32, ``evaluate.noise_seed``). A recipe is a set of overrides of the
 profile's ``pretrain`` (and ``model``) params and trains through the pipeline's own
-``pipeline.stages.pretrain.train_base``, so the winner can be put into the profile as it is. The choice is
+``pipeline.pretraining.train_base``, so the winner can be put into the profile as it is. The choice is
 the highest validation PSNR at the end of the budget; test images are not read.
 
 Written under ``reports/<run>/ablations/``: ``pretrain_recipes.csv`` (every recipe's per-epoch validation
@@ -26,7 +26,7 @@ from pipeline import profile as profiles
 from pipeline.config import parse
 from pipeline.paths import Paths
 from pipeline.profile import merge
-from pipeline.stages.pretrain import load_split, train_base
+from pipeline.pretraining import load_split, train_base
 from pipeline.train import data_fingerprint, evaluate_psnr, fingerprint, setup_runtime
 
 # The recipe the full profile had when the search was made. Every recipe is a change of it (``_was``), not
@@ -153,7 +153,7 @@ def write_markdown(df: pd.DataFrame, path: Path, profile: str, epochs: int, n_tr
     lines = [f"# Pretraining recipe search ({profile} profile)", "",
              f"Written by `python -m benchmarks.recipes --profile {profile} --epochs {epochs}`. Every recipe "
              f"trains {epochs} epochs from the same seed on the same {n_train} base training images through "
-             "`pipeline.stages.pretrain.train_base` (its schedule spans those epochs), one after another on "
+             "`pipeline.pretraining.train_base` (its schedule spans those epochs), one after another on "
              f"this machine ({rt['device_name']}, {rt['threads']} threads, {rt['precision']}); PSNR is measured "
              f"on the {n_val} base **validation** images after every epoch (fp32, fixed channel noise); no test "
              "image is read. Seconds are training only (evaluation excluded).", "",

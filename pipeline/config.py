@@ -48,7 +48,7 @@ Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
 Epochs = Annotated[int, Field(ge=1, le=10_000)]
 LearningRate = Annotated[float, Field(gt=0, le=100)]
-# Plain SGD on the mask scores takes steps of lr x |g|, |g| ~ 1e-6 (pipeline/stages/ablate.py, study recipe): it
+# Plain SGD on the mask scores takes steps of lr x |g|, |g| ~ 1e-6 (pipeline/studies/recipe.py): it
 # needs rates far above any Adam rate to move the mask at all.
 ScoreLearningRate = Annotated[float, Field(gt=0, le=1e6)]
 
@@ -58,6 +58,13 @@ def _range(lo: float, hi: float):
 
 
 Scales = Annotated[tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...], Field(min_length=1)]
+
+
+def unique(v):
+    """A list's validator: no entry twice (``Annotated[tuple[...], AfterValidator(unique)]``)."""
+    if len(set(v)) != len(v):
+        raise ValueError("entries must be unique")
+    return v
 
 
 class Builtin(_Block):
@@ -197,40 +204,19 @@ class Execute(_Block):
     gpus_per_cell: Annotated[float, Field(gt=0, le=1)] = Field(description="ray on CUDA: GPU share of a cell")
 
 
-STUDIES = ("allocation", "mask", "sparsity", "snr", "recipe", "bases", "budget")  # every ablation study (stage ``ablate``)
-
-
-class ScoreLrs(_Block):
-    """The score learning rates the ``recipe`` study tries, per score optimizer."""
-    adam: tuple[LearningRate, ...] = Field(min_length=1)
-    sgd: tuple[ScoreLearningRate, ...] = Field(min_length=1)
-
-    @field_validator("adam", "sgd")
-    @classmethod
-    def _unique(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError("entries must be unique")
-        return v
-
-
-class Ablate(_Block):
-    studies: tuple[Literal[STUDIES], ...] = Field(description="the ablate matrix; empty: no ablations")
+class AblateBase(_Block):
+    """The ablate block's shared keys; ``Ablate`` (composed by ``params_model``) adds every study's own fields
+    (pipeline/studies/)."""
+    studies: tuple[str, ...] = Field(description="the ablate matrix: names of pipeline/studies/<name>.py; "
+                                     "empty: no ablations")
     domains: tuple[str, ...] = Field(min_length=1, description="among domains.names")
-    sparsity: Annotated[float, Field(gt=0, le=1)] = Field(description="sparsity of the allocation, mask and recipe studies")
-    sparsities: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(min_length=3)
-    snr_db: tuple[Annotated[float, Field(ge=-30, le=60)], ...] = Field(min_length=1)
-    recipe_score_lrs: ScoreLrs = Field(description="score learning rates of the recipe study, per optimizer")
-    bases: int = Field(ge=2, description="bases study: extra bases pretrained with pretrain.seed + 1 .. + bases")
-    base_epochs: int = Field(ge=1, description="bases study: their pretraining epochs (the pretrain recipe otherwise)")
-    budget_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field(
-        min_length=1, description="budget study: the main seed pretrained for each of these epochs (the recipe over each)")
+    sparsity: Annotated[float, Field(gt=0, le=1)] = Field(
+        description="sparsity of the allocation, mask, recipe and bases studies")
 
-    @field_validator("studies", "domains", "sparsities", "snr_db", "budget_epochs")
+    @field_validator("studies", "domains")
     @classmethod
-    def _unique(cls, v):
-        if len(set(v)) != len(v):
-            raise ValueError("entries must be unique")
-        return v
+    def _shared_unique(cls, v):  # a name no study's validator takes (validators are inherited by name)
+        return unique(v)
 
 
 GridValue = int | float | str
@@ -248,7 +234,7 @@ class ParamsBase(_Block):
     pretrain: Pretrain
     adapt: Adapt
     evaluate: Evaluate
-    ablate: Ablate
+    ablate: AblateBase
     search: dict[str, Grid] = Field(description="per method, dotted param -> values tried; chosen on validation "
                                     "data (pipeline/selection.py)")
 
@@ -281,13 +267,17 @@ class ParamsBase(_Block):
         return self
 
     @model_validator(mode="after")
-    def _ablate_domains(self):
+    def _ablate(self):
         extra = sorted(set(self.ablate.domains) - set(self.domains.names))
         if extra:
             raise ValueError(f"ablate.domains {extra} must be among domains.names {list(self.domains.names)}")
-        if "bases" in self.ablate.studies and self.ablate.sparsity not in self.adapt.sparsities:
-            raise ValueError(f"ablate.sparsity {self.ablate.sparsity:g} must be one of adapt.sparsities "
-                             f"{list(self.adapt.sparsities)} for the bases study (it reads the main base's cells)")
+        from .studies import registry
+        known = registry()
+        for name in self.ablate.studies:
+            if name not in known:
+                raise ValueError(f"ablate.studies: unknown study {name!r}; known: {list(known)} (pipeline/studies/)")
+            if hasattr(known[name], "check"):
+                known[name].check(self)
         return self
 
     @model_validator(mode="after")
@@ -364,25 +354,45 @@ _composing = False
 @cache
 def params_model() -> type[ParamsBase]:
     """``Params``: ``ParamsBase`` plus one block per method whose file defines a ``Config`` (the block's
-    key is the method's NAME), composed from the registry (``pipeline/methods/``) on first use."""
+    key is the method's NAME), and the ``ablate`` block with every study's ``Config`` fields merged in
+    (flat: ``ablate.snr_db``), composed from the registries (``pipeline/methods/``, ``pipeline/studies/``)
+    on first use."""
     global _composing
     if _composing:
-        raise RuntimeError("pipeline.config.Params was used while the method registry loads: import it "
-                           "under TYPE_CHECKING in modules that the methods import")
+        raise RuntimeError("pipeline.config.Params was used while the method or study registry loads: import "
+                           "it under TYPE_CHECKING in modules that the methods and studies import")
     _composing = True
     try:
-        from .methods import registry
-        blocks = {name: (m.Config, ...) for name, m in sorted(registry().items()) if hasattr(m, "Config")}
+        from .methods import registry as methods
+        from .studies import registry as studies
+        blocks = {name: (m.Config, ...) for name, m in sorted(methods().items()) if hasattr(m, "Config")}
+        ablate = _compose_ablate({name: m.Config for name, m in studies().items() if hasattr(m, "Config")})
     finally:
         _composing = False
-    return create_model("Params", __base__=ParamsBase, __module__=__name__, **blocks)
+    return create_model("Params", __base__=ParamsBase, __module__=__name__, ablate=(ablate, ...), **blocks)
 
 
-def __getattr__(name: str):
+def _compose_ablate(configs: dict[str, type[Block]]) -> type[AblateBase]:
+    """``Ablate``: ``AblateBase`` plus the fields (and validators) of every study's ``Config``, in the studies'
+    order."""
+    owner = {key: "the shared ablate block" for key in AblateBase.model_fields}
+    for name, config in configs.items():
+        for key in config.model_fields:
+            if key in owner:
+                raise RuntimeError(f"ablate.{key}: defined by study {name} and by {owner[key]}")
+            owner[key] = f"study {name}"
+    # pydantic collects fields along the reversed MRO: AblateBase's first, then each study's in order
+    return create_model("Ablate", __base__=(*reversed(configs.values()), AblateBase), __module__=__name__)
+
+
+def __getattr__(name: str):  # the composed models, by the names pickle looks up
     if name == "Params":
         return params_model()
+    if name == "Ablate":
+        return params_model().model_fields["ablate"].annotation
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-if TYPE_CHECKING:  # for type checkers: the composed model has ParamsBase's fields and the methods' blocks
+if TYPE_CHECKING:  # for type checkers: the composed models have the base's fields and the plug-ins' blocks
     Params = ParamsBase
+    Ablate = AblateBase

@@ -18,8 +18,9 @@ from typing import get_args
 
 import yaml
 
-from .config import STUDIES, ConfigError, ParamsBase, parse
+from .config import ConfigError, ParamsBase, parse
 from .paths import REPO
+from .studies import names as study_names
 from .storage import write_atomic
 
 PROFILES = REPO / "profiles"  # definitions that ship with the code, like pipeline/ itself
@@ -42,7 +43,7 @@ def render(profile: str, source: str | None = None, ablations: bool = False, fol
            local: str | None = None) -> dict:
     """The full params mapping of ``profile`` (validated), optionally with another data source, the
     folder source's photos (``data.folder.path``), a local copy of a CIFAR source (``data.<source>.local``)
-    and every ablation study on (``ablate.studies``)."""
+    and every ablation study on (``ablate.studies``: the names of pipeline/studies/, in their order)."""
     path = PROFILES / f"{profile}.yaml"
     if profile not in NAMES or not path.is_file():
         names = sorted(p.stem for p in PROFILES.glob("*.yaml") if p.stem in NAMES)
@@ -61,7 +62,7 @@ def render(profile: str, source: str | None = None, ablations: bool = False, fol
                               f"reads no local copy (give --source cifar100 or cifar10)")
         raw["data"][chosen]["local"] = local
     if ablations:
-        raw["ablate"]["studies"] = list(STUDIES)
+        raw["ablate"]["studies"] = list(study_names())
     parse(raw)
     return raw
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--local", help="a local copy of the CIFAR source (data.<source>.local): a cifar-100-python/ "
                     "or cifar-10-batches-py/ folder, or train_images.npy/test_images.npy")
     ap.add_argument("--ablations", action="store_true",
-                    help=f"every ablation study on ({', '.join(STUDIES)}); the quick profile has none by default")
+                    help=f"every ablation study on ({', '.join(study_names())}); the quick profile has none by default")
     ap.add_argument("--out", type=Path, default=REPO / "params.yaml")
     args = ap.parse_args(argv)
     folder = None if args.folder is None else _project_path(Path(args.folder))

@@ -171,6 +171,21 @@ def adapted(prepared, adapted_build) -> Project:
     return prepared
 
 
+def context(project: Project, **kw):
+    """A CPU ``Context`` on the project's params and paths, after what every stage does first: one thread,
+    deterministic algorithms (``setup_runtime``; the ``project`` fixture restores both)."""
+    from pipeline.methods import Context
+    from pipeline.train import setup_runtime
+    setup_runtime(project.params)
+    return Context(project.params, project.paths, torch.device("cpu"), **kw)
+
+
+def cell(paths: Paths, method: str, domain: str, sparsity: float | None = None) -> dict:
+    """The metrics JSON of one adapt cell (seed 0, grid point 0)."""
+    import json
+    return json.loads(paths.cell(method, domain, sparsity).metrics.read_text())
+
+
 # ------------------------------------------------------------------------ slow: real dvc in copies
 @pytest.fixture(scope="session")
 def clean_run(tmp_path_factory, mlflow_template) -> Path:

@@ -306,7 +306,7 @@ def test_expected_cells_are_the_stages_dvc_lists(tiny_params):
     assert {"adapt_sam", "adapt_tuning", "adapt_equalizer"} <= set(cells)
     assert not set(cells) & set(untracked)
     assert untracked == ["validate"]  # the only stage without an MLflow run
-    assert "network" in cells  # tracked through ablate.network_main
+    assert "network" in cells  # its stage module opens the Tracker
     assert not any(c.startswith("ablate") for c in cells)  # the quick profile runs no ablation study
     # validate, domains, pretrain, 7 adapt stages (one per method), evaluate, report, network
     assert len(cells) + len(untracked) == 13

@@ -87,16 +87,16 @@ def test_profile_command_writes_the_rendered_params(tmp_path, capsys):
 def test_ablations_are_off_in_quick_and_on_with_the_flag_and_in_ci_and_paper(tmp_path):
     """The quick profile skips the ablations for its time budget; --ablations turns them on,
     and the ci and paper profiles run every study."""
-    from pipeline.config import STUDIES
+    from pipeline.studies import names
     assert parse(profile.render("quick")).ablate.studies == ()
     for name in ("ci", "paper"):
-        assert parse(profile.render(name)).ablate.studies == STUDIES
+        assert parse(profile.render(name)).ablate.studies == names()
     out = tmp_path / "params.yaml"
     assert profile.main(["quick", "--source", "cifar100", "--ablations", "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("# Written by `python -m pipeline.profile quick --source cifar100 --ablations`")
     raw = yaml.safe_load(text)
-    assert tuple(raw["ablate"]["studies"]) == STUDIES
+    assert tuple(raw["ablate"]["studies"]) == names()
     quick_raw = profile.render("quick", "cifar100")
     raw["ablate"]["studies"] = []
     assert raw == quick_raw  # the flag changes nothing else

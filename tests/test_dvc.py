@@ -40,25 +40,26 @@ def lookup(raw: dict, dotted: str):
 
 
 # ------------------------------------------------------------------------------ deps from the code
-# Stages that load every method module at run time (methods.registry: found by name, not imported):
-# validate composes the params schema from the methods' Config blocks; adapt runs their cells. Every other
-# stage reads params.yaml through the same schema, so it loads the method files too, but a method's Config
-# only checks the method's own block, which those stages do not read: they list pipeline/methods/__init__.py
-# (the registry) and, where they evaluate methods, the whole folder.
-REGISTRY_STAGES = ("pipeline.stages.validate", "pipeline.stages.adapt")
+# Stages that load every module of a registry at run time (found by name, not imported): validate composes
+# the params schema from the methods' Config blocks and the studies'; adapt runs the methods' cells; ablate
+# runs a study. Every other stage reads params.yaml through the same schema, so it loads those files too,
+# but a method's or study's Config only checks its own keys, which those stages do not read: they list
+# pipeline/methods/__init__.py and pipeline/studies/__init__.py (the registries) and, where they evaluate
+# methods, the whole methods folder.
+REGISTRIES = {"pipeline.stages.validate": ("methods", "studies"), "pipeline.stages.adapt": ("methods",),
+              "pipeline.stages.ablate": ("studies",)}
 
 
-def method_modules() -> list[str]:
-    return sorted(f"pipeline.methods.{p.stem}" for p in (REPO / "pipeline" / "methods").glob("*.py")
+def registry_modules(package: str) -> list[str]:
+    return sorted(f"pipeline.{package}.{p.stem}" for p in (REPO / "pipeline" / package).glob("*.py")
                   if p.stem != "__init__")
 
 
 def stage_modules(cmd: str) -> list[str]:
-    """The modules a stage command runs: its ``-m`` module, plus every method module for the stages that
-    load the method registry."""
+    """The modules a stage command runs: its ``-m`` module, plus every module of the registries it loads."""
     m = re.fullmatch(r"python -m (pipeline\.stages\.\w+)(\s.*)?", cmd.strip())
     assert m, f"unexpected stage command {cmd!r}"
-    return [m.group(1), *(method_modules() if m.group(1) in REGISTRY_STAGES else [])]
+    return [m.group(1), *(mod for package in REGISTRIES.get(m.group(1), ()) for mod in registry_modules(package))]
 
 
 _LOADED = """

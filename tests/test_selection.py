@@ -156,11 +156,11 @@ def test_the_mask_study_gives_every_mask_sams_grid_and_chooses_on_validation(sea
 
     from pipeline.methods import Context
     from pipeline.cells import method_module
-    from pipeline.stages.ablate import study
+    from pipeline.studies import mask
     params, paths = searched.params, searched.paths
     s = params.ablate.sparsity
     chosen = selection.choose(params, paths, "sam", method_module("sam"))
-    df, finding, fig = study(Context(params, paths, torch.device("cpu")), "mask")
+    df, finding, fig = mask.run(Context(params, paths, torch.device("cpu")))
     plt.close(fig)
     assert len(df) == 3 * len(params.ablate.domains)
     for r in df.itertuples():

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pipeline import config, data, profile, tracking, train
+from pipeline import config, data, pretraining, profile, tracking, train
 from pipeline.paths import Paths
 from pipeline.stages import domains, pretrain, run, validate
 from pipeline.train import ModelFileError, build_model, load_model, save_model
@@ -71,7 +71,7 @@ def checkpoint(paths: Paths) -> Path:
 
 def kill_at_epoch(monkeypatch, epoch: int):
     """Make pretrain's fit die in the on_epoch of ``epoch``, after the checkpoint of ``epoch - 1`` is written."""
-    real_fit = pretrain.fit
+    real_fit = pretraining.fit
 
     def fit(*args, on_epoch, **kwargs):
         def dying(e, loss):
@@ -79,8 +79,8 @@ def kill_at_epoch(monkeypatch, epoch: int):
                 raise Killed(f"killed in epoch {e}")
             return on_epoch(e, loss)
         return real_fit(*args, on_epoch=dying, **kwargs)
-    monkeypatch.setattr(pretrain, "fit", fit)
-    return lambda: monkeypatch.setattr(pretrain, "fit", real_fit)
+    monkeypatch.setattr(pretraining, "fit", fit)
+    return lambda: monkeypatch.setattr(pretraining, "fit", real_fit)
 
 
 # ---------------------------------------------------------------------------------------- isolation
@@ -176,8 +176,8 @@ def test_pretrain_stage_smoke(prepared, capsys):
     assert all(math.isfinite(float(r["train_loss"])) and math.isfinite(float(r["test_psnr"])) for r in rows)
     model = load_model(params, paths.pretrained)
     # the reported PSNR is the saved model's PSNR (same noise realisation)
-    test_x = pretrain.load_split(paths, "base_test")
-    again = train.evaluate_psnr(pretrain.self_link(model), test_x, noise_seed=params.evaluate.noise_seed,
+    test_x = pretraining.load_split(paths, "base_test")
+    again = train.evaluate_psnr(pretraining.self_link(model), test_x, noise_seed=params.evaluate.noise_seed,
                                 batch_size=256, device=torch.device("cpu"))
     assert round(again, 4) == m["psnr_base_test"]
     assert not checkpoint(paths).exists(), "a finished stage leaves no checkpoint behind"

@@ -74,10 +74,11 @@ class _Killed(Exception):
 def test_a_resumed_run_logs_every_epoch_to_mlflow(prepared, monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    from pipeline import pretraining
     from pipeline.stages import pretrain
     params = prepared.params
     assert params.pretrain.epochs == 2
-    real_fit = pretrain.fit
+    real_fit = pretraining.fit
 
     def dying_fit(*args, on_epoch, **kwargs):
         def die_in_epoch_2(epoch, loss):
@@ -86,10 +87,10 @@ def test_a_resumed_run_logs_every_epoch_to_mlflow(prepared, monkeypatch):
             return on_epoch(epoch, loss)
         return real_fit(*args, on_epoch=die_in_epoch_2, **kwargs)
 
-    monkeypatch.setattr(pretrain, "fit", dying_fit)
+    monkeypatch.setattr(pretraining, "fit", dying_fit)
     with pytest.raises(_Killed):
         pretrain.main(params, prepared.paths)
-    monkeypatch.setattr(pretrain, "fit", real_fit)
+    monkeypatch.setattr(pretraining, "fit", real_fit)
     pretrain.main(params, prepared.paths)  # resumes at epoch 1/2
     client = MlflowClient(tracking_uri=f"sqlite:///{prepared.paths.mlflow_db}")
     exp = client.get_experiment_by_name("zfda-bench")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from pipeline import config, train
+from pipeline.pretraining import self_link
 from pipeline.sam import attach_sam, sam_disabled, sam_parameters
-from pipeline.stages.pretrain import self_link
 
 CPU = torch.device("cpu")
 

@@ -1,8 +1,8 @@
 """One thin entry point per DVC stage (``python -m pipeline.stages.<stage>``).
 
-Shared here: the error boundary (one line, non-zero exit, nothing written) and atomic writers.
-Each entry point builds the run's ``Paths`` once and hands it down; a stage owns its outputs and
-passes their paths to the code below it.
+Shared here: the error boundary (one line, non-zero exit, nothing written), atomic writers and the
+study tables of ``ablate`` and ``network``. Each entry point builds the run's ``Paths`` once and hands it
+down; a stage owns its outputs and passes their paths to the code below it; no stage imports another.
 """
 from __future__ import annotations
 
@@ -61,3 +61,20 @@ def provenance(params: Params, paths: Paths, run_id: str | None) -> dict:
     from ..tracking import git_commit
     return {"profile": params.profile, "data_source": params.data.source, "git_commit": git_commit(paths.root),
             "mlflow_run_id": run_id or "not tracked"}
+
+
+def write_table(df, name: str, params: Params, paths: Paths, run_id: str | None, finding: str) -> None:
+    """A study's table as ``ablations/<name>.csv`` and ``.md`` (provenance, the finding, the table)."""
+    folder = paths.ablations
+    write_text(folder / f"{name}.csv", df.to_csv(index=False))
+    prov = provenance(params, paths, run_id)
+    head = ", ".join(f"{k}: {v}" for k, v in prov.items())
+    write_text(folder / f"{name}.md", f"<!-- {head} -->\n# {name}\n\n**Finding.** {finding}\n\n"
+                                      f"{df.to_markdown(index=False, floatfmt='.3f')}\n")
+
+
+def log_to_parent(tracker, paths: Paths, table: str, figure: Path) -> None:
+    """A study's table and figure on the execution's parent run, beside the report's."""
+    tracker.log_parent_artifact(figure, "figures")
+    for ext in ("csv", "md"):
+        tracker.log_parent_artifact(paths.ablations / f"{table}.{ext}", "ablations")

@@ -1,49 +1,20 @@
-"""Stage ``pretrain``: train the SC autoencoder on base images (the aligned Tx/Rx pair)."""
+"""Stage ``pretrain``: train the SC autoencoder on base images (the aligned Tx/Rx pair; the recipe:
+``pipeline.pretraining``)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import time
 
-import torch
-
-from ..data import load_images, to_tensor
 from ..model import bandwidth_note
-from ..paths import Paths
-from ..train import build_model, data_fingerprint, evaluate_psnr, fingerprint, fit, save_model, setup_runtime
+from ..pretraining import base_key, load_split, self_link, train_base
+from ..train import evaluate_psnr, save_model, setup_runtime
 from ..tracking import Tracker
 from . import provenance, run, write_json, write_rows
 
 if TYPE_CHECKING:
     from ..config import Params
-
-
-def load_split(paths: Paths, name: str) -> torch.Tensor:
-    return to_tensor(load_images(paths.split(name)))
-
-
-def self_link(model):
-    """The agent's own encoder -> channel -> decoder, as a ``decode(x, generator)`` callable."""
-    return lambda x, gen: model(x, gen)
-
-
-def train_base(params: Params, train_x: torch.Tensor, *, seed: int, epochs: int, device, checkpoint, key: str,
-               desc: str = "pretrain", on_epoch=None):
-    """A base model pretrained with the params' recipe (Adam, ``pretrain.schedule`` over ``epochs``,
-    ``pretrain.clip``, ``pretrain.batch_size``): ``seed`` draws the initial weights, the data order and
-    the channel noise. Returns the model (in train mode) and the per-epoch history."""
-    pre = params.pretrain
-    torch.manual_seed(seed)
-    model = build_model(params).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=pre.lr)
-    steps = epochs * -(-len(train_x) // pre.batch_size)
-    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pre.lr, total_steps=steps, pct_start=0.15)
-             if pre.schedule == "onecycle" else None)
-    history = fit(model, opt, train_x, lambda x, gen: model(x, gen), epochs=epochs,
-                  batch_size=pre.batch_size, seed=seed, device=device, checkpoint=checkpoint, key=key, desc=desc,
-                  on_epoch=None if on_epoch is None else (lambda epoch, loss: on_epoch(model, epoch, loss)),
-                  scheduler=sched, clip=pre.clip)
-    return model, history
+    from ..paths import Paths
 
 
 def main(params: Params, paths: Paths) -> None:
@@ -63,8 +34,7 @@ def main(params: Params, paths: Paths) -> None:
             model.eval()
             return {"test_psnr": evaluate_psnr(self_link(model), test_x, **ev)}
 
-        key = fingerprint("pretrain", data_fingerprint(train_x, test_x),
-                          params.model_dump(include={"data", "model", "train", "pretrain", "evaluate"}))
+        key = base_key(params, ("pretrain",), train_x, test_x)
         start = time.perf_counter()
         model, history = train_base(params, train_x, seed=params.pretrain.seed, epochs=params.pretrain.epochs,
                                     device=device, checkpoint=checkpoint, key=key, on_epoch=on_epoch)

@@ -96,5 +96,5 @@ def test_zf_names_every_cell_that_is_not_bit_for_bit():
 
 
 def test_zf_states_the_image_count_the_evaluate_stage_checks():
-    from pipeline.stages import evaluate
-    assert f"on the first {evaluate.EXACT_IMAGES} base test images" in claims.ZF.definition
+    from pipeline import evaluation
+    assert f"on the first {evaluation.EXACT_IMAGES} base test images" in claims.ZF.definition
