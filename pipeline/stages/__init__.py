@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from ..config import InputError, load
+from ..memo import Memo
 from ..paths import REPO, Paths
 from ..storage import write_atomic, write_atomic_with, write_json, write_text  # noqa: F401 - for the stages
 
@@ -25,13 +26,20 @@ if TYPE_CHECKING:
 EXIT_BAD_INPUT = 2
 
 
-def run(main: Callable[[Params, Paths], None], root: Path | None = None) -> None:
+def run(main: Callable[[Params, Paths], None], root: Path | None = None, memo: str | None = None) -> None:
     """Validate ``<root>/params.yaml`` (root: this checkout), then run ``main(params, paths)``;
-    bad input ends with one line on stderr and exit code 2."""
+    bad input ends with one line on stderr and exit code 2. ``memo``: the dvc.yaml stage this is, whose
+    outputs are restored instead of recomputed when its content key is unchanged (``pipeline.memo``)."""
     root = REPO if root is None else Path(root)
     try:
         params = load(root / "params.yaml")
-        main(params, Paths.of(params, root))
+        paths = Paths.of(params, root)
+        cache = Memo(params, paths, memo) if memo else None
+        if cache is not None and cache.restore():
+            return
+        main(params, paths)
+        if cache is not None:
+            cache.save()
     except InputError as err:  # params, data, model and SAM file errors all derive from it
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

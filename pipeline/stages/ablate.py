@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError
@@ -19,10 +20,14 @@ if TYPE_CHECKING:
     from ..paths import Paths
 
 
-def main(params: Params, paths: Paths, argv: list[str] | None = None) -> None:
+def study_arg(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", required=True, help="a name of ablate.studies")
-    name = ap.parse_args(argv).study
+    return ap.parse_args(argv).study
+
+
+def main(params: Params, paths: Paths, argv: list[str] | None = None) -> None:
+    name = study_arg(argv)
     if name not in params.ablate.studies:
         raise ConfigError(f"ablate: --study {name!r} not in ablate.studies {list(params.ablate.studies)}")
     study = registry()[name]  # the params check knows every name of ablate.studies
@@ -41,4 +46,4 @@ def main(params: Params, paths: Paths, argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, memo=f"ablate@{study_arg(sys.argv[1:])}")

@@ -51,4 +51,4 @@ def main(params: Params, paths: Paths) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, memo="domains")

@@ -49,4 +49,4 @@ def main(params: Params, paths: Paths) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, memo="evaluate")

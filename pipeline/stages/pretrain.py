@@ -63,4 +63,4 @@ def main(params: Params, paths: Paths) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, memo="pretrain")
