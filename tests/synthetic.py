@@ -104,8 +104,9 @@ def bases_table(df: pd.DataFrame, other_gains: dict[str, list[float]], gamma: fl
             for (seed, d), v in sam.items()]
     for d, gains in other_gains.items():
         for b, g in enumerate(gains, start=1):
-            rows.append({"base": f"base {b}", "pretrain_seed": b, "pretrain_epochs": 10, "base_test_psnr": 25.0 + b / 10,
-                         "adapt_seed": 0, "domain": d, "pretrained_psnr": 20.0, "sam_psnr": 20.0 + g})
+            rows.append({"base": f"base {b}", "pretrain_seed": b, "pretrain_epochs": 10,
+                         "base_test_psnr": 25.0 + b / 10, "adapt_seed": 0, "domain": d, "pretrained_psnr": 20.0,
+                         "sam_psnr": 20.0 + g})
     out = pd.DataFrame(rows)
     out["gain"] = out["sam_psnr"] - out["pretrained_psnr"]
     return out

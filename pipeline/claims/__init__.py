@@ -10,8 +10,8 @@ reported PASS / FAIL / INCONCLUSIVE from the 95 % interval of the claimed quanti
 whatever they say, and never fail CI. ``render`` writes every text: ``claims.json`` entries ``{id, kind,
 statement, definition, measured, status, summary}`` and ``claims.md``. ``combine`` holds the rules
 that combine per-domain verdicts (each finding's ``per_domain`` values); ``gains`` the main gains
-with intervals over seeds and, where the bases study ran, over bases (claims.json's ``gains``). ``network``: the memory of a network of K agents, shared with the
-report's ``memory_network`` table.
+with intervals over seeds and, where the bases study ran, over bases (claims.json's ``gains``).
+``network``: the memory of a network of K agents, shared with the report's ``memory_network`` table.
 
 ``python -m pipeline.claims check reports/<run>/claims.json`` (``cli``) prints one line per claim and
 exits 1 when a guarantee failed, 2 when the file cannot be read, 0 otherwise.
@@ -63,8 +63,8 @@ c5_improves_on_pretrained = _entry_of(C5)
 headline_improvement = _entry_of(H)
 
 __all__ = [
-    "ALPHA", "BASES_COLUMNS", "Decision", "EVERY", "GAIN_BASELINES", "READING", "SOME", "decide", "gains_lines", "main_gains",
-    "per_domain_block", "per_domain_lines", "some_domain",
+    "ALPHA", "BASES_COLUMNS", "Decision", "EVERY", "GAIN_BASELINES", "READING", "SOME", "decide", "gains_lines",
+    "main_gains", "per_domain_block", "per_domain_lines", "some_domain",
     "ALIGNMENT_ROUTES", "C1", "C2", "C2_LIMIT_PCT", "C3", "C3_TOLERANCE_DB", "C4", "C5", "CLAIMS", "FAIL", "FINDING",
     "FULL_COPY_PCT", "GUARANTEE", "HEADLINE_BASELINES", "INCONCLUSIVE", "INTERVAL_RULE", "NETWORK_AGENTS",
     "NETWORK_SCALING", "ONE_PERCENT", "PAPER_HEADLINE_PCT", "PASS", "PER_AGENT", "PER_PARTNER", "POINT_ONLY",

@@ -66,7 +66,8 @@ def some_domain(decisions: Mapping[str, Decision], alpha: float = ALPHA) -> tupl
     return (PASS if shown else FAIL if set(verdicts) == {FAIL} else INCONCLUSIVE), shown
 
 
-def per_domain_block(decisions: Mapping[str, Decision], reading: str, nested: Mapping[str, Mapping] | None = None) -> dict:
+def per_domain_block(decisions: Mapping[str, Decision], reading: str,
+                     nested: Mapping[str, Mapping] | None = None) -> dict:
     """claims.json's ``per_domain`` block: which reading the claim has, the verdict on every domain
     (intersection-union) and on some domain (Holm, and where it rejects), and each domain's interval,
     p-value and verdict (``nested``: that table, keyed otherwise, e.g. domain then baseline)."""

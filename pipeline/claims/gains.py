@@ -84,7 +84,7 @@ def main_gains(df: pd.DataFrame, per_image: PerImage | None = None, bases: pd.Da
             if on is not None and on["base"].nunique() >= 2:
                 per_base = on.groupby("base", sort=False)["gain"].mean()
                 iv = random_effects_ci(diff[d], per_base)
-                row["bases"] = {**iv.as_dict(), "over": f"{len(diff)} seed(s) on the main base, {len(per_base)} "
-                                                        "other bases", "other_bases_mean": round(float(per_base.mean()), 4)}
+                over = f"{len(diff)} seed(s) on the main base, {len(per_base)} other bases"
+                row["bases"] = {**iv.as_dict(), "over": over, "other_bases_mean": round(float(per_base.mean()), 4)}
             vs[b][str(d)] = row
     return {"sparsity": gamma_key(gamma), "sparsity_note": note, "bases": record, "vs": vs}

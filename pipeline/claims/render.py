@@ -150,16 +150,17 @@ def _measured_lines(measured: dict, indent: str = "") -> list[str]:
 PER_DOMAIN_RULE = (
     "Each finding over domains is also decided on each domain, from that domain's 95 % interval (the same "
     "estimates as the headline: Student-t over seeds; with one seed, the paired bootstrap over the domain's "
-    "test images; with one seed and no per-image values, the point estimate). Its p-value comes from the same "
-    "estimate: twice the one-sided p-value of \"not on the claimed side\" (the Student-t over seeds; with one "
-    "seed, the fraction of the bootstrap's resamples not on the claimed side), so p ≤ {a:g} if and only if the "
-    "interval lies on the claimed side (for the bootstrap, up to its quantile interpolation). *On every domain*: the intersection-union test, PASS iff every domain's "
-    "test passes at level {a:g} (the claim is the intersection of the per-domain claims: no multiplicity "
-    "correction is needed), FAIL as soon as one domain's interval lies on the wrong side, INCONCLUSIVE "
-    "otherwise. *On some domain*: Holm's step-down procedure over the per-domain p-values at family-wise level "
-    "{a:g}, PASS iff it rejects for one domain or more, FAIL iff every domain's interval lies on the wrong "
-    "side, INCONCLUSIVE otherwise (with point estimates only, a domain's point estimate stands in for its "
-    "test). *Reading*: which of the two the paper's sentence has; the headline verdict above is unchanged.")
+    "test images; with one seed and no per-image values, the point estimate). Its p-value comes from the same"
+    " estimate: twice the one-sided p-value of \"not on the claimed side\" (the Student-t over seeds; with one "
+    "seed, the fraction of the bootstrap's resamples not on the claimed side), so p ≤ {a:g} if and only if "
+    "the interval lies on the claimed side (for the bootstrap, up to its quantile interpolation). *On every "
+    "domain*: the intersection-union test, PASS iff every domain's test passes at level {a:g} (the claim is "
+    "the intersection of the per-domain claims: no multiplicity correction is needed), FAIL as soon as one "
+    "domain's interval lies on the wrong side, INCONCLUSIVE otherwise. *On some domain*: Holm's step-down "
+    "procedure over the per-domain p-values at family-wise level {a:g}, PASS iff it rejects for one domain or"
+    " more, FAIL iff every domain's interval lies on the wrong side, INCONCLUSIVE otherwise (with point "
+    "estimates only, a domain's point estimate stands in for its test). *Reading*: which of the two the "
+    "paper's sentence has; the headline verdict above is unchanged.")
 READING_WHY = {
     "C3": "the paper's \"almost no loss, even improved\" is said of each agent's adaptation, and an agent is a "
           "domain; the headline verdict is on the mean gap",
@@ -230,7 +231,8 @@ def gains_lines(gains: dict) -> list[str]:
     else:
         head += f"none, {rec['reason']}; every interval here is over adaptation seeds on one base."
     rows = [f"| sam − {b} | {d} | {_iv(r['seeds'], 'dB')} | "
-            + (f"{_iv(r['bases'], 'dB')} | {r['bases']['other_bases_mean']:+.2f} dB |" if r["bases"] else "not measured | — |")
+            + (f"{_iv(r['bases'], 'dB')} | {r['bases']['other_bases_mean']:+.2f} dB |" if r["bases"]
+               else "not measured | — |")
             for b, by in gains["vs"].items() for d, r in by.items()]
     return [head, "", "| gain | domain | over seeds (95 % CI) | over seeds and bases (95 % CI) | other bases' mean |",
             "|---|---|---|---|---|", *rows]

@@ -30,7 +30,8 @@ def test_over_seeds_for_every_baseline_and_over_bases_for_the_pretrained_model(t
     assert va["bases"]["mean"] == pytest.approx(4.0) and va["bases"]["other_bases_mean"] == pytest.approx(4.9)
     assert va["bases"]["ci95"][0] < va["seeds"]["ci95"][0]  # wider: it covers the base
     # lora at the same γ: 20 + i + 400γ against 20.5 + i + 300γ at 1 %: +0.5 dB; nothing over bases
-    assert gains["vs"]["lora"]["VP"]["seeds"]["mean"] == pytest.approx(0.5) and gains["vs"]["lora"]["VP"]["bases"] is None
+    lora = gains["vs"]["lora"]["VP"]
+    assert lora["seeds"]["mean"] == pytest.approx(0.5) and lora["bases"] is None
     assert gains["vs"]["tuning_copy"]["VA"]["seeds"]["mean"] == pytest.approx(-0.5)
     record = gains["bases"]
     assert record["combined"] and record["other_bases"] == 3 and record["other_pretrain_epochs"] == [10]
