@@ -82,6 +82,36 @@ def tidy(domains=DOMAINS, gammas=GAMMAS, seeds=(0,), shift=None, new=False) -> p
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def shift_domain(df: pd.DataFrame, method: str, domain: str, by: float) -> pd.DataFrame:
+    """A copy of a tidy table with ``method``'s domain PSNR on ``domain`` moved by ``by`` dB (every seed)."""
+    out = df.copy()
+    rows = (out["method"] == method) & (out["metric"] == "domain_psnr") & (out["domain"] == domain)
+    out.loc[rows, "value"] += by
+    return out
+
+
+def bases_table(df: pd.DataFrame, other_gains: dict[str, list[float]], gamma: float = 0.01) -> pd.DataFrame:
+    """The bases study's table for a tidy table: the main base's rows are its sam (at ``gamma``) and
+    pretrained values per seed and domain; ``other_gains[d]``: sam's gain on each other base (one seed)."""
+    def psnr(method, sparsity=None):
+        rows = df[(df["method"] == method) & (df["metric"] == "domain_psnr")]
+        rows = rows if sparsity is None else rows[np.isclose(rows["sparsity"], sparsity)]
+        return {(int(r.seed), r.domain): float(r.value) for r in rows.itertuples()}
+
+    sam, pre = psnr("sam", gamma), psnr("pretrained")
+    rows = [{"base": "main", "pretrain_seed": 0, "pretrain_epochs": 100, "base_test_psnr": REFERENCE,
+             "adapt_seed": seed, "domain": d, "pretrained_psnr": pre[(0, d)], "sam_psnr": v}
+            for (seed, d), v in sam.items()]
+    for d, gains in other_gains.items():
+        for b, g in enumerate(gains, start=1):
+            rows.append({"base": f"base {b}", "pretrain_seed": b, "pretrain_epochs": 10,
+                         "base_test_psnr": 25.0 + b / 10, "adapt_seed": 0, "domain": d, "pretrained_psnr": 20.0,
+                         "sam_psnr": 20.0 + g})
+    out = pd.DataFrame(rows)
+    out["gain"] = out["sam_psnr"] - out["pretrained_psnr"]
+    return out
+
+
 def half_width(x) -> float:
     """The Student-t 95 % half-width, from scipy (a check of the report's use of pipeline.stats)."""
     from scipy import stats as sps

@@ -9,8 +9,9 @@ construction and fail CI when broken (PASS/FAIL); *findings* (``findings``: C3, 
 reported PASS / FAIL / INCONCLUSIVE from the 95 % interval of the claimed quantity (``pipeline.stats``),
 whatever they say, and never fail CI. ``render`` writes every text: ``claims.json`` entries ``{id, kind,
 statement, definition, measured, status, summary}`` and ``claims.md``. ``combine`` holds the rules
-that combine per-domain verdicts. ``network``: the memory of a network of K agents, shared with the
-report's ``memory_network`` table.
+that combine per-domain verdicts (each finding's ``per_domain`` values); ``gains`` the main gains
+with intervals over seeds and, where the bases study ran, over bases (claims.json's ``gains``).
+``network``: the memory of a network of K agents, shared with the report's ``memory_network`` table.
 
 ``python -m pipeline.claims check reports/<run>/claims.json`` (``cli``) prints one line per claim and
 exits 1 when a guarantee failed, 2 when the file cannot be read, 0 otherwise.
@@ -20,15 +21,16 @@ from __future__ import annotations
 import pandas as pd
 
 from ..stats import FAIL, INCONCLUSIVE, PASS
-from .base import (FINDING, GUARANTEE, INTERVAL_RULE, ONE_PERCENT, POINT_ONLY, STATUSES, Claim, Estimate, Outcome,
-                   PerImage, Result, estimate, gamma_key, gamma_pct, one_percent_gamma, paired_seeds, per_domain,
-                   per_seed, sam_sparsities, stacked_images, values)
+from .base import (ALPHA, FINDING, GUARANTEE, INTERVAL_RULE, ONE_PERCENT, POINT_ONLY, STATUSES, Claim, Decision,
+                   Estimate, Outcome, PerImage, Result, decide, estimate, gamma_key, gamma_pct, one_percent_gamma,
+                   paired_seeds, per_domain, per_seed, sam_sparsities, stacked_images, values)
 from .cli import ClaimsFileError, failed_guarantees, main, read_claims
-from .combine import holm, intersection_union
-from .findings import C3, C3_TOLERANCE_DB, C5, HEADLINE_BASELINES, PAPER_HEADLINE_PCT, H
+from .combine import EVERY, SOME, holm, intersection_union, per_domain_block, some_domain
+from .findings import C3, C3_TOLERANCE_DB, C5, HEADLINE_BASELINES, PAPER_HEADLINE_PCT, READING, H
+from .gains import BASES_COLUMNS, GAIN_BASELINES, main_gains
 from .guarantees import ALIGNMENT_ROUTES, C1, C2, C2_LIMIT_PCT, C4, FULL_COPY_PCT, ZF
 from .network import NETWORK_AGENTS, NETWORK_SCALING, PER_AGENT, PER_PARTNER, network_bytes
-from .render import claims_markdown, entry, provenance_line, write_claims
+from .render import claims_markdown, entry, gains_lines, per_domain_lines, provenance_line, write_claims
 
 CLAIMS = (C1, ZF, C2, C3, C4, C5, H)  # the paper's order; ZF beside C1, the other zero-forget guarantee
 
@@ -61,6 +63,8 @@ c5_improves_on_pretrained = _entry_of(C5)
 headline_improvement = _entry_of(H)
 
 __all__ = [
+    "ALPHA", "BASES_COLUMNS", "Decision", "EVERY", "GAIN_BASELINES", "READING", "SOME", "decide", "gains_lines",
+    "main_gains", "per_domain_block", "per_domain_lines", "some_domain",
     "ALIGNMENT_ROUTES", "C1", "C2", "C2_LIMIT_PCT", "C3", "C3_TOLERANCE_DB", "C4", "C5", "CLAIMS", "FAIL", "FINDING",
     "FULL_COPY_PCT", "GUARANTEE", "HEADLINE_BASELINES", "INCONCLUSIVE", "INTERVAL_RULE", "NETWORK_AGENTS",
     "NETWORK_SCALING", "ONE_PERCENT", "PAPER_HEADLINE_PCT", "PASS", "PER_AGENT", "PER_PARTNER", "POINT_ONLY",

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..stats import FAIL, INCONCLUSIVE, PASS, Interval, mean_ci, paired_bootstrap
+from ..stats import (FAIL, INCONCLUSIVE, LEVEL, PASS, Interval, bootstrap_p_value, mean_ci, paired_bootstrap,
+                     t_p_value, verdict)
 
 GUARANTEE, FINDING = "guarantee", "finding"
 KINDS = (GUARANTEE, FINDING)
@@ -212,3 +213,34 @@ def estimate(per_seed_values: pd.Series, images: tuple[np.ndarray, np.ndarray] |
     if images is not None:
         return Estimate(paired_bootstrap(*images), f"one seed, paired bootstrap over {len(images[0])} test images")
     return Estimate(mean_ci(per_seed_values), POINT_ONLY)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One domain's (or one variant's) test of a claimed side of a threshold: the interval, the verdict
+    it gives (``pipeline.stats.verdict``) and the p-value of the same test from the same estimate (None
+    for a point estimate): twice the one-sided p-value, so p ≤ 1 − LEVEL exactly when the interval lies
+    on the claimed side (Student-t over seeds; the paired bootstrap's resamples over images)."""
+    estimate: Estimate
+    verdict: str
+    p: float | None
+
+    def as_dict(self) -> dict:
+        p = None if self.p is None else round(self.p, 4)
+        return {**self.estimate.as_dict(), "p": p, "status": self.verdict}
+
+
+def decide(per_seed_values: pd.Series, images: tuple[np.ndarray, np.ndarray] | None, threshold: float,
+           claimed: str) -> Decision:
+    """``estimate`` and its verdict against ``threshold`` on the ``claimed`` side, with its p-value."""
+    est = estimate(per_seed_values, images)
+    if len(per_seed_values) >= 2:
+        p = t_p_value(per_seed_values, threshold, claimed)
+    elif images is not None:
+        p = bootstrap_p_value(*images, threshold, claimed)
+    else:
+        p = None
+    return Decision(est, verdict(est.interval, threshold, claimed), p)
+
+
+ALPHA = round(1 - LEVEL, 10)  # the level of every test: its 95 % interval on the claimed side

@@ -4,7 +4,12 @@
   per-domain claims; it is shown (PASS) iff every domain's own level-α test shows it, with no
   multiplicity correction, and refuted (FAIL) as soon as one domain's interval lies on the wrong side.
 - "on some domain": Holm's step-down procedure (Holm 1979) over the per-domain p-values, which keeps
-  the family-wise error rate at ``alpha``: the claim is shown iff Holm rejects for some domain.
+  the family-wise error rate at ``alpha``: the claim is shown iff Holm rejects for some domain, and
+  refuted (FAIL) iff every domain's interval lies on the wrong side (the intersection-union test of
+  its negation); with point estimates only (no p-values) a domain's point estimate stands in.
+
+``per_domain_block`` gives both, and which one the paper's sentence asks for (``reading``), as the
+``per_domain`` block of a finding's claims.json values.
 """
 from __future__ import annotations
 
@@ -12,7 +17,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from ..stats import FAIL, INCONCLUSIVE, PASS
-from .base import STATUSES
+from .base import ALPHA, STATUSES, Decision
+
+EVERY, SOME = "every domain", "some domain"
+READINGS = (EVERY, SOME)
 
 
 def intersection_union(verdicts: Iterable[str]) -> str:
@@ -42,3 +50,31 @@ def holm(p_values: Sequence[float] | Mapping[str, float], alpha: float = 0.05) -
             break
         rejected[i] = True
     return dict(zip(keys, rejected)) if keys is not None else rejected
+
+
+def some_domain(decisions: Mapping[str, Decision], alpha: float = ALPHA) -> tuple[str, list[str]]:
+    """One verdict for "holds on some domain" and the domains Holm shows it on: PASS iff Holm rejects
+    for one or more, FAIL iff every domain FAILs, else INCONCLUSIVE. Without p-values (point
+    estimates) the domains whose point estimate is on the claimed side (their verdict PASS)."""
+    if not decisions:
+        raise ValueError("some_domain: no domains")
+    verdicts = [d.verdict for d in decisions.values()]
+    if any(d.p is None for d in decisions.values()):
+        shown = [k for k, d in decisions.items() if d.verdict == PASS]
+    else:
+        shown = [k for k, rejected in holm({k: d.p for k, d in decisions.items()}, alpha).items() if rejected]
+    return (PASS if shown else FAIL if set(verdicts) == {FAIL} else INCONCLUSIVE), shown
+
+
+def per_domain_block(decisions: Mapping[str, Decision], reading: str,
+                     nested: Mapping[str, Mapping] | None = None) -> dict:
+    """claims.json's ``per_domain`` block: which reading the claim has, the verdict on every domain
+    (intersection-union) and on some domain (Holm, and where it rejects), and each domain's interval,
+    p-value and verdict (``nested``: that table, keyed otherwise, e.g. domain then baseline)."""
+    if reading not in READINGS:
+        raise ValueError(f"per_domain_block: reading must be one of {READINGS}, not {reading!r}")
+    some, shown = some_domain(decisions)
+    every = intersection_union(d.verdict for d in decisions.values())
+    return {"reading": reading, "status": every if reading == EVERY else some, "every_domain": every,
+            "some_domain": some, "holm_shown": shown,
+            "domains": dict(nested) if nested is not None else {k: d.as_dict() for k, d in decisions.items()}}

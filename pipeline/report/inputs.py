@@ -1,4 +1,5 @@
-"""The report's inputs, read and checked: evaluate's tables and arrays and the sam cells' mask movement.
+"""The report's inputs, read and checked: evaluate's tables and arrays, the sam cells' mask movement and,
+where the run has the bases study, its ``ablations/bases.csv`` (the main gains' interval over bases).
 
 Every input is read and checked before the report writes anything; a bad one raises ``DataError``
 (one line naming the file and what is wrong, exit code 2 from the stage).
@@ -44,6 +45,7 @@ class Inputs:
     masks: pd.DataFrame         # sam cells, tidy: domain, sparsity, metric (mask_moved_fraction), value
     per_image: claims.PerImage | None = None  # evaluate's per-image values (None only in frame-level tests)
     validation: pd.DataFrame | None = None  # evaluate's validation.csv (the search grid)
+    bases: pd.DataFrame | None = None  # the bases study's ablations/bases.csv (None: the run has one base)
 
 
 def variant_label(method: str, sparsity: float) -> str:
@@ -163,6 +165,26 @@ def read_validation(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"setting": str, "sparsity": str}, keep_default_na=False)
 
 
+def read_bases(path: Path) -> pd.DataFrame | None:
+    """The bases study's table (sam's gain on each base), or None when the run has no bases study."""
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_csv(path, dtype={"base": str, "domain": str}, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"report: {path} unreadable ({type(err).__name__}: {err}); re-run ablate@bases") from None
+    if missing := [c for c in claims.BASES_COLUMNS if c not in df.columns]:
+        raise DataError(f"report: {path} lacks columns {missing}; re-run ablate@bases")
+    numbers = [c for c in claims.BASES_COLUMNS if c not in ("base", "domain")]
+    try:
+        df[numbers] = df[numbers].apply(pd.to_numeric)
+    except ValueError as err:
+        raise DataError(f"report: {path}: a value of {numbers} is not a number ({err}); re-run ablate@bases") from None
+    if df.empty or not df[numbers].map(np.isfinite).all().all():
+        raise DataError(f"report: {path} is empty or holds a value that is not finite; re-run ablate@bases")
+    return df
+
+
 def read_inputs(params: Params, paths: Paths) -> Inputs:
     """Every input, checked; raises DataError (exit 2) before the stage writes anything."""
     source = paths.evaluation_csv
@@ -189,4 +211,5 @@ def read_inputs(params: Params, paths: Paths) -> Inputs:
     except (OSError, ValueError) as err:
         raise DataError(f"report: {paths.pretrain_json} unusable ({type(err).__name__}: {err}); "
                         "re-run the pretrain stage") from None
-    return Inputs(tidy, summary, recon, read_masks(params, paths), read_per_image(paths), validation)
+    return Inputs(tidy, summary, recon, read_masks(params, paths), read_per_image(paths), validation,
+                  read_bases(paths.ablations / "bases.csv"))

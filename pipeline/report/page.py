@@ -1,6 +1,7 @@
 """The results page ``reports/<run>/README.md``, rendered from the report folder's own files only.
 
-Its headline tables are the folder's ``tables/*.md``, its claims ``claims.json``, its times the
+Its headline tables are the folder's ``tables/*.md``, its claims ``claims.json`` (with the findings'
+per-domain verdicts and the main gains' intervals over seeds and over bases, where it has them), its times the
 ``metrics/*.json`` files, its ablations ``ablations/*.md``; figures are embedded by relative path.
 Nothing is re-run and nothing depends on the clock, so a committed folder can be regenerated:
 
@@ -14,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..claims import gains_lines, per_domain_lines
 from ..config import InputError
 from ..storage import write_text
 
@@ -103,9 +105,18 @@ def claims_section(folder: Path, claims: dict) -> list[str]:
         rows = [[e["id"], e["kind"], e["statement"], e["summary"], f"**{e['status']}**"] for e in entries]
     except KeyError as err:
         raise PageError(f"page: a claim in {folder / 'claims.json'} lacks {err}") from None
-    return ["## Claims", "", "Guarantees hold by construction (a failed one fails CI); findings are measured and "
-            "reported as they are. Definitions and every measured value: [claims.md](claims.md).", "",
-            *_table(["id", "kind", "statement", "measured", "verdict"], rows)]
+    lines = ["## Claims", "", "Guarantees hold by construction (a failed one fails CI); findings are measured and "
+             "reported as they are. Definitions and every measured value: [claims.md](claims.md).", "",
+             *_table(["id", "kind", "statement", "measured", "verdict"], rows)]
+    try:
+        if per := per_domain_lines(entries):
+            lines += ["", "### Findings per domain", "", *per]
+        if (gains := claims.get("gains")) is not None:
+            lines += ["", "### Main gains: over seeds and over bases", "", *gains_lines(gains)]
+    except (KeyError, TypeError, ValueError) as err:
+        raise PageError(f"page: {folder / 'claims.json'}: per-domain or gains values malformed "
+                        f"({type(err).__name__}: {err})") from None
+    return lines
 
 
 def tables_section(folder: Path) -> list[str]:

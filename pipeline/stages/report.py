@@ -1,6 +1,7 @@
 """Stage ``report``: the paper's tables, figures, claims and results page, from the evaluate stage.
 
-Reads ``reports/<run>/metrics/`` (evaluation.csv, evaluate.json, validation.csv) and ``build/<run>/``
+Reads ``reports/<run>/metrics/`` (evaluation.csv, evaluate.json, validation.csv), the bases study's
+``reports/<run>/ablations/bases.csv`` where it ran, and ``build/<run>/``
 (eval/reconstructions.npy, eval/per_image.safetensors, the sam cells' JSONs); checks every input
 before it writes anything (``pipeline.report.inputs``). Writes under ``reports/<run>/``: ``tables/``,
 ``figures/``, ``plots/`` (for ``dvc plots``), ``claims.json``, ``claims.md`` and, last, from those
@@ -29,6 +30,7 @@ def main(params: Params, paths: Paths) -> None:
     domains = list(params.domains.names)
     frames = summarise(inputs, domains)
     entries = claims.check_all(inputs.tidy, inputs.summary, inputs.per_image)
+    gains = claims.main_gains(inputs.tidy, inputs.per_image, inputs.bases)
     out = paths.reports
     with Tracker(params, paths, "report") as tracker:
         prov = provenance(params, paths, tracker.run_id)
@@ -42,7 +44,7 @@ def main(params: Params, paths: Paths) -> None:
         for name, frame in plot_data(frames, domains).items():
             write_text(paths.plots / f"{name}.csv", frame.to_csv(index=False))
             written.append(paths.plots / f"{name}.csv")
-        written += claims.write_claims(entries, out, prov)
+        written += claims.write_claims(entries, out, prov, gains)
         written.append(page.write_page(out))  # from the files above: after them
         for path in written:  # on the stage's run and on the execution's (parent) run, where a reader looks first
             folder = path.parent.relative_to(out).as_posix() if path.parent != out else None

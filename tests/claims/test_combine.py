@@ -47,3 +47,45 @@ def test_holm_rejects_bad_input():
         holm([0.01, 1.2])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         holm([float("nan")])
+
+
+def decisions(ps: dict, verdicts: dict | None = None) -> dict:
+    """Per-domain decisions with known p-values (and verdicts: PASS where p <= 0.05 unless given)."""
+    from pipeline.claims import Decision, Estimate
+    from pipeline.stats import Interval
+    est = Estimate(Interval(1.0, 0.5, 1.5, 3), "3 seeds, Student-t")
+    verdicts = verdicts or {}
+    return {k: Decision(est, verdicts.get(k, "PASS" if p is not None and p <= 0.05 else "INCONCLUSIVE"), p)
+            for k, p in ps.items()}
+
+
+def test_some_domain_is_holm_on_the_per_domain_p_values():
+    from pipeline.claims import some_domain
+    # m = 4: 0.01 <= 0.0125, 0.015 <= 0.0167, then 0.03 > 0.025 stops; VP (0.04) is never reached.
+    assert some_domain(decisions({"VA": 0.01, "VP": 0.04, "VC": 0.015, "VH": 0.03})) == ("PASS", ["VA", "VC"])
+    # each below 0.05 alone, yet Holm keeps both: 0.03 > 0.025
+    assert some_domain(decisions({"VA": 0.03, "VP": 0.04})) == ("INCONCLUSIVE", [])
+    every_fails = decisions({"VA": 1.0, "VP": 0.9}, {"VA": "FAIL", "VP": "FAIL"})
+    assert some_domain(every_fails) == ("FAIL", [])
+    one_open = decisions({"VA": 1.0, "VP": 0.9}, {"VA": "FAIL", "VP": "INCONCLUSIVE"})
+    assert some_domain(one_open) == ("INCONCLUSIVE", [])
+
+
+def test_some_domain_without_p_values_takes_the_point_estimates():
+    from pipeline.claims import some_domain
+    points = decisions({"VA": None, "VP": None}, {"VA": "FAIL", "VP": "PASS"})
+    assert some_domain(points) == ("PASS", ["VP"])
+    with pytest.raises(ValueError, match="no domains"):
+        some_domain({})
+
+
+def test_the_per_domain_block_gives_both_combinations_and_the_reading():
+    from pipeline.claims import EVERY, SOME, per_domain_block
+    found = decisions({"VA": 0.01, "VP": 0.5, "VC": 0.9}, {"VA": "PASS", "VP": "INCONCLUSIVE", "VC": "FAIL"})
+    block = per_domain_block(found, EVERY)
+    assert (block["every_domain"], block["some_domain"], block["holm_shown"]) == ("FAIL", "PASS", ["VA"])
+    assert block["status"] == "FAIL" and per_domain_block(found, SOME)["status"] == "PASS"
+    assert block["domains"]["VC"] == {"mean": 1.0, "ci95": [0.5, 1.5], "n": 3, "over": "3 seeds, Student-t",
+                                      "p": 0.9, "status": "FAIL"}
+    with pytest.raises(ValueError, match="reading"):
+        per_domain_block(found, "most domains")

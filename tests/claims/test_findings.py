@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import claims, stats
 
-from ..synthetic import DOMAINS, domain_psnr, half_width, through_csv, tidy
+from ..synthetic import DOMAINS, domain_psnr, half_width, shift_domain, through_csv, tidy
 
 SEEDS = (0, 1, 2)
 
@@ -112,3 +112,85 @@ def test_one_percent_claims_say_which_gamma_they_used_when_one_percent_is_missin
     c3 = claims.c3_close_to_tuning(through_csv(raw[~np.isclose(raw["sparsity"], 0.01)], tmp_path), {})
     assert c3["measured"]["sparsity"] == "0.001" and "0.1 %" in c3["measured"]["sparsity_note"]
     assert c3["definition"].endswith("; the largest γ below it is used: 0.1 %.")
+
+
+# ------------------------------------------------------------------------------------ per domain
+def t_p(values, threshold, claimed):
+    """Twice the one-sided Student-t p-value, from scipy (a check of pipeline.stats.t_p_value)."""
+    from scipy import stats as sps
+    x = np.asarray(values, dtype=float)
+    t = (x.mean() - threshold) / (x.std(ddof=1) / np.sqrt(len(x))) * (1 if claimed == "above" else -1)
+    return min(1.0, 2 * float(sps.t.sf(t, len(x) - 1)))
+
+
+def test_c3_per_domain_a_straddling_domain_makes_every_domain_inconclusive(tmp_path):
+    # gaps VA 0.5, VP 0.2, VC 0.1, each +-0.03 per seed: VA straddles 0.5, the mean gap (0.27) passes
+    df = through_csv(tidy(seeds=SEEDS, shift=sam_shift(0.03)), tmp_path)
+    c3 = claims.c3_close_to_tuning(df, {})
+    block = c3["measured"]["per_domain"]
+    assert c3["status"] == "PASS" and block["reading"] == "every domain"
+    assert {d: x["status"] for d, x in block["domains"].items()} == {"VA": "INCONCLUSIVE", "VP": "PASS", "VC": "PASS"}
+    assert block["every_domain"] == "INCONCLUSIVE" == block["status"]
+    assert block["some_domain"] == "PASS" and block["holm_shown"] == ["VP", "VC"]
+    vp = [0.2 - (s - 1) * 0.03 for s in SEEDS]
+    assert block["domains"]["VP"]["p"] == pytest.approx(t_p(vp, 0.5, "below"), abs=1e-4)
+    assert block["domains"]["VP"]["ci95"][1] == pytest.approx(0.2 + half_width(vp), abs=1e-4)
+
+
+def test_c3_per_domain_a_failing_domain_makes_every_domain_fail_beside_a_passing_mean(tmp_path):
+    raw = shift_domain(tidy(seeds=SEEDS, shift=sam_shift(0.03)), "tuning_copy", "VA", 0.3)  # VA's gap 0.8 dB
+    c3 = claims.c3_close_to_tuning(through_csv(raw, tmp_path), {})
+    block = c3["measured"]["per_domain"]
+    assert c3["status"] == "PASS" and c3["measured"]["mean_gap_interval"]["ci95"][1] < 0.5  # the mean: 0.37 dB
+    assert block["domains"]["VA"]["status"] == "FAIL" and block["domains"]["VA"]["p"] == 1.0
+    assert block["every_domain"] == "FAIL" == block["status"] and block["some_domain"] == "PASS"
+    assert claims.C3.measure(through_csv(raw, tmp_path), {}, None).domains["VA"].verdict == "FAIL"
+
+
+def test_c5_per_domain_keeps_its_headline_and_adds_the_mean_and_holm(tmp_path):
+    df = through_csv(tidy(seeds=SEEDS, shift=sam_shift(1.0)), tmp_path)  # +4 dB +-1 per seed, every domain
+    # +-0.5 dB per seed: VA and VP at p = 0.005, which Holm rejects (0.0167, 0.025); VC: +0.05 +-0.5 dB
+    raw = shift_domain(tidy(seeds=SEEDS, shift=sam_shift(0.5)), "sam", "VC", -3.95)
+    c5 = claims.c5_improves_on_pretrained(through_csv(raw, tmp_path), {})
+    block = c5["measured"]["per_domain"]
+    assert c5["status"] == block["every_domain"] == "INCONCLUSIVE" and block["some_domain"] == "PASS"
+    assert block["domains"]["VC"]["p"] > 0.05 and block["holm_shown"] == ["VA", "VP"]
+    assert c5["measured"]["mean_delta_interval"]["status"] == "PASS"
+    delta = [4.0 + (s - 1) * 1.0 for s in SEEDS]
+    assert claims.c5_improves_on_pretrained(df, {})["measured"]["per_domain"]["domains"]["VA"]["p"] == pytest.approx(
+        t_p(delta, 0.0, "above"), abs=1e-4)
+
+
+def test_c5_per_domain_p_value_with_one_seed_is_the_bootstraps(df):
+    values = per_image_values(vc_gain=0.1, noise=3.0)
+    vc = claims.c5_improves_on_pretrained(df, {}, values)["measured"]["per_domain"]["domains"]["VC"]
+    sam, pre = values.domain("sam", "VC", 0, 0.01), values.domain("pretrained", "VC", 0)
+    assert vc["p"] == pytest.approx(stats.bootstrap_p_value(sam, pre, 0.0, "above"), abs=1e-4)
+    assert vc["p"] > 0.05 and vc["status"] == "INCONCLUSIVE" and "paired bootstrap" in vc["over"]
+
+
+def test_h_per_domain_is_holm_over_domains_and_baselines(tmp_path):
+    def table(noise):  # sam +2 dB, +-noise per seed: against tuning_retune VA 36.8 %, VP 35 %, VC 33.3 %
+        return through_csv(tidy(seeds=SEEDS, shift=lambda m, s: 2.0 + (s - 1) * noise if m == "sam" else 0.0),
+                           tmp_path)
+
+    block = claims.headline_improvement(table(0.5), {})["measured"]["per_domain"]
+    assert block["reading"] == "some domain" and list(block["domains"]["VA"]) == ["pretrained", "tuning_retune"]
+    va = block["domains"]["VA"]["tuning_retune"]
+    gains = [100 * (26.0 + (s - 1) * 0.5 - 19.0) / 19.0 for s in SEEDS]
+    assert va["p"] == pytest.approx(t_p(gains, 29.7, "above"), abs=1e-4)
+    # its own interval clears 29.7 % (p = 0.03), but Holm over the 6 pairs asks p <= 0.05 / 6 first
+    assert va["status"] == "PASS" and 0.05 / 6 < va["p"] <= 0.05
+    assert block["holm_shown"] == [] and block["some_domain"] == "INCONCLUSIVE" == block["status"]
+    block = claims.headline_improvement(table(0.1), {})["measured"]["per_domain"]
+    assert block["holm_shown"] == ["VA vs tuning_retune", "VP vs tuning_retune", "VC vs tuning_retune"]
+    assert block["domains"]["VA"]["pretrained"]["status"] == "INCONCLUSIVE"  # 30 % +- 1.2 %
+    assert block["some_domain"] == "PASS" == block["status"] and block["every_domain"] == "FAIL"  # VC: 27.3 %
+
+
+def test_one_seed_without_per_image_values_decides_per_domain_on_points(df):
+    block = claims.c3_close_to_tuning(df, {})["measured"]["per_domain"]
+    assert all(x["p"] is None for x in block["domains"].values())
+    # VA's point gap is 0.5 dB, on the threshold: INCONCLUSIVE; VP, VC pass
+    assert block["domains"]["VA"]["status"] == "INCONCLUSIVE" and block["every_domain"] == "INCONCLUSIVE"
+    assert block["some_domain"] == "PASS" and block["holm_shown"] == ["VP", "VC"]

@@ -41,3 +41,20 @@ def test_interval_text_says_what_the_interval_is_over():
     assert render.interval_text(est, "dB", over=False) == "+0.27 dB [95 % CI +0.10, +0.44]"
     point = claims.Estimate(Interval(0.27, math.nan, math.nan, 1), claims.POINT_ONLY)
     assert render.interval_text(point, "dB") == f"+0.27 dB ({claims.POINT_ONLY})"
+
+
+def test_claims_md_states_the_per_domain_rule_and_the_gains(tmp_path, df):
+    entries = claims.check_all(df, {})
+    claims.write_claims(entries, tmp_path, {"profile": "p", "data_source": "s", "git_commit": "c",
+                                            "mlflow_run_id": "r"}, claims.main_gains(df))
+    doc = json.loads((tmp_path / "claims.json").read_text())
+    assert list(doc) == ["provenance", "claims", "gains"] and doc["gains"]["bases"]["combined"] is False
+    md = (tmp_path / "claims.md").read_text()
+    per = md.split("## Findings per domain")[1].split("## Main gains")[0]
+    assert "intersection-union" in per and "Holm's step-down procedure" in per and "no multiplicity correction" in per
+    assert "| C3 | every domain | VA +0.50 dB (point estimate): INCONCLUSIVE; VP +0.20 dB (point estimate): PASS" in per
+    assert "| H | some domain |" in per and "- H, some domain: \"up to 29.7 %\"" in per
+    assert "none, one base only" in md.split("## Main gains")[1].split("## C1")[0]
+    write(tmp_path, entries)  # without gains: no gains key, the per-domain section all the same
+    assert "gains" not in json.loads((tmp_path / "claims.json").read_text())
+    assert "## Main gains" not in (tmp_path / "claims.md").read_text()

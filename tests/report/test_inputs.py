@@ -6,9 +6,9 @@ import pytest
 
 from pipeline.config import parse
 from pipeline.data import DataError
-from pipeline.report.inputs import check_complete, read_tidy
+from pipeline.report.inputs import check_complete, read_bases, read_tidy
 
-from ..synthetic import through_csv, tidy
+from ..synthetic import bases_table, through_csv, tidy
 
 
 def test_a_csv_without_seeds_and_bad_seeds_are_refused(tmp_path):
@@ -83,3 +83,19 @@ def test_methods_beyond_the_claims_are_optional_but_must_be_whole(tiny_params, t
     twice = pd.concat([full, full[(full["method"] == "bitfit") & (full["metric"] == "domain_psnr")]])
     with pytest.raises(DataError, match="lacks domain_psnr of bitfit at seed 0"):  # a duplicate is no coverage
         check_complete(through_csv(twice, tmp_path), params, tmp_path)
+
+
+def test_the_bases_study_is_read_where_it_ran_and_refused_when_malformed(tmp_path):
+    path = tmp_path / "bases.csv"
+    assert read_bases(path) is None  # no bases study: one base
+    bases = bases_table(tidy(), {"VA": [4.0, 4.5]})
+    bases.to_csv(path, index=False)
+    read = read_bases(path)
+    assert list(read["base"].unique()) == ["main", "base 1", "base 2"] and read["gain"].dtype == float
+    for bad, message in [(bases.drop(columns="gain"), r"lacks columns \['gain'\]"),
+                         (bases.assign(gain="x"), "is not a number"),
+                         (bases.assign(gain=float("inf")), "not finite"), (bases.iloc[:0], "is empty")]:
+        bad.to_csv(path, index=False)
+        with pytest.raises(DataError, match=message) as err:
+            read_bases(path)
+        assert len(str(err.value).splitlines()) == 1 and "bases.csv" in str(err.value)

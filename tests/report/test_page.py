@@ -54,6 +54,28 @@ def test_the_page_follows_the_files_and_nothing_else(folder):
     assert "| PRETRAINED " in after and after != before
 
 
+def test_the_page_shows_the_findings_per_domain_and_the_gains_over_bases():
+    text = page.render(REPO / "reports" / "cifar100-full")
+    per = text.split("### Findings per domain")[1].split("### Main gains")[0]
+    assert "| C3 | every domain | VA +0.51 dB [+0.46, +0.56], p 1: INCONCLUSIVE; VP +0.86 dB [+0.82, +0.90]" in per
+    gains = text.split("### Main gains: over seeds and over bases")[1].split("## Headline")[0]
+    assert "3 other bases (pretrained 10 epochs" in gains and "| sam − lora | VA |" in gains
+    assert "| sam − pretrained | VA | +0.42 dB [+0.38, +0.47] | +0.42 dB [+0.20, +0.64] | +0.93 dB |" in gains
+
+
+def test_one_base_only_is_said_on_the_page(folder):
+    doc = json.loads((folder / "claims.json").read_text())
+    assert "### Main gains" not in page.render(folder)  # a claims.json from before the gains: no section
+    doc["gains"] = {"sparsity": "0.01", "sparsity_note": "γ = 1 %", "vs": {},
+                    "bases": {"combined": False, "reason": "one base only: the run has no bases study"}}
+    (folder / "claims.json").write_text(json.dumps(doc))
+    assert "*Over seeds and bases*: none, one base only: the run has no bases study" in page.render(folder)
+    doc["gains"] = {"vs": {}}
+    (folder / "claims.json").write_text(json.dumps(doc))
+    with pytest.raises(page.PageError, match="gains values malformed"):
+        page.render(folder)
+
+
 @pytest.mark.parametrize("name", ["claims.json", "tables/main.md", "figures/psnr_vs_bytes.png",
                                   "metrics/pretrain.json"])
 def test_a_missing_file_is_one_line_naming_it(folder, name):

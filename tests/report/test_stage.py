@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import claims
 from pipeline.metrics import write_per_image
 from pipeline.stages import EXIT_BAD_INPUT, report, run, write_json, write_npy, write_rows
 
-from ..synthetic import REFERENCE, domain_psnr, tidy
+from ..synthetic import REFERENCE, bases_table, domain_psnr, through_csv, tidy
 
 VALIDATION = [{"method": "tuning", "domain": "VA", "sparsity": "", "point": 0, "setting": '{"tuning.lr": 0.001}',
                "val_psnr": 20.5, "chosen": True}]
@@ -72,13 +73,22 @@ def test_report_stage_writes_every_file(project, capsys):
     assert parent.info.status == "FINISHED"
 
 
-def test_report_stage_with_seeds(project):
-    """Intervals over seeds in the tables and in a finding of claims.md."""
+def test_report_stage_with_seeds(project, tmp_path):
+    """Intervals over seeds in the tables and in a finding of claims.md; over seeds and bases from the
+    bases study's table, where the run has one."""
     params = project.params
     domains, gammas = list(params.domains.names), list(params.adapt.sparsities)
-    write_inputs(params, project.paths, tidy(domains, gammas, seeds=(0, 1, 2), shift=lambda m, s: 0.1 * s, new=True))
+    raw = tidy(domains, gammas, seeds=(0, 1, 2), shift=lambda m, s: 0.1 * s, new=True)
+    write_inputs(params, project.paths, raw)
+    gamma = claims.one_percent_gamma(through_csv(raw, tmp_path))[0]
+    project.paths.ablations.mkdir(parents=True, exist_ok=True)
+    bases_table(raw, {domains[0]: [4.2, 4.6]}, gamma).to_csv(project.paths.ablations / "bases.csv", index=False)
     run(report.main, project.root)
     out = project.paths.reports
+    gains = json.loads((out / "claims.json").read_text())["gains"]
+    assert gains["bases"]["combined"] and gains["vs"]["pretrained"][domains[0]]["bases"]["n"] == 5
+    assert "| sam − pretrained |" in (out / "README.md").read_text() and "## Findings per domain" in (
+        out / "claims.md").read_text()
     assert "lora" in (out / "tables" / "main.md").read_text() and " ± " in (out / "tables" / "main.md").read_text()
     doc = json.loads((out / "claims.json").read_text())
     c3 = next(e for e in doc["claims"] if e["id"] == "C3")
@@ -142,7 +152,7 @@ def test_missing_csv_exits_2_and_writes_nothing(project, capsys):
 
 
 @pytest.mark.parametrize("broken", ["no equalizer", "no seed column", "no per_image", "no validation.csv",
-                                    "no pretrain.json"])
+                                    "no pretrain.json", "bad bases.csv"])
 def test_bad_input_exits_2_in_one_line_and_writes_nothing(project, capsys, broken):
     params, paths = project.params, project.paths
     raw = tidy(params.domains.names, params.adapt.sparsities, new=True)
@@ -153,6 +163,9 @@ def test_bad_input_exits_2_in_one_line_and_writes_nothing(project, capsys, broke
                "no pretrain.json": paths.pretrain_json}.get(broken)
     if missing is not None:
         missing.unlink()
+    if broken == "bad bases.csv":
+        paths.ablations.mkdir(parents=True, exist_ok=True)
+        (paths.ablations / "bases.csv").write_text("base,domain\nmain,VA\n")
     before = project.files()
     with pytest.raises(SystemExit) as exit_:
         run(report.main, project.root)
@@ -160,6 +173,6 @@ def test_bad_input_exits_2_in_one_line_and_writes_nothing(project, capsys, broke
     err = capsys.readouterr().err.strip()
     expected = {"no equalizer": "lacks domain_psnr of equalizer", "no seed column": "lacks columns ['seed']",
                 "no per_image": "per_image.safetensors", "no validation.csv": "validation.csv not found",
-                "no pretrain.json": "pretrain.json unusable"}[broken]
+                "no pretrain.json": "pretrain.json unusable", "bad bases.csv": "bases.csv lacks columns"}[broken]
     assert len(err.splitlines()) == 1 and expected in err, err
     assert project.files() == before
