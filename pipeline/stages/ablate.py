@@ -37,13 +37,13 @@ import pandas as pd
 import torch
 
 from ..config import ConfigError, parse
-from ..methods import BASE_AGENT, Context
+from ..methods import BASE_AGENT, Context, registry
 from ..methods.sam import sam_path, train_sam
 from ..metrics import misalignment, ordered_pairs
 from ..model import CHANNELS
 from ..paths import Paths
 from ..sam import install_sam, layer_budgets, load_sam, sam_state
-from ..selection import Trial, grid_points, trial_params
+from ..selection import Trial, available, grid_points, trial_params
 from ..stats import mean_ci, paired_bootstrap
 from ..tracking import Tracker
 from ..train import data_fingerprint, fingerprint, load_model, save_model, setup_runtime
@@ -155,10 +155,12 @@ def _train_eval(ctx: Context, domain: str, sparsity: float, allocation: str, mas
     """The row of a SAM trained with these settings at sam's grid point chosen on validation PSNR
     (``search.sam``; every variant gets the same grid, as in the main comparison), and the chosen
     SAM's per-image test PSNR. Test numbers are measured for the chosen point only."""
-    points = grid_points(ctx.params, "sam")
+    points = grid_points(ctx.params, "sam", ctx.paths)  # the main grid's, and its extension's for this cell
+    mains = available(ctx.params, ctx.paths, "sam", registry()["sam"]).get((domain, sparsity))
     best = None
     tried = []
-    for h, point in enumerate(points):
+    for h in mains or range(len(grid_points(ctx.params, "sam"))):
+        point = points[h]
         c, model, moved = _sam_at(ctx, domain, sparsity, allocation, mask, h, point)
         val = c.psnr(c.self_link(model), c.split(f"{domain}_val"))
         tried.append(f"{json.dumps(point, sort_keys=True) if point else '(as params)'}: {val:.3f}")
@@ -277,7 +279,7 @@ class _OnBase(Context):
 def _bases(ctx: Context, pretrained_main: dict[str, float]) -> tuple[pd.DataFrame, str, object]:
     params, a = ctx.params, ctx.params.ablate
     s = a.sparsity
-    points = grid_points(params, "sam")
+    points = grid_points(params, "sam", ctx.paths)
     chosen = choices(params, ctx.paths)["sam"]
     point_of = {d: chosen.get((d, s), 0) for d in a.domains}  # the main grid's choice (point 0 off the grid)
     train_x = ctx.split("base_train")

@@ -33,6 +33,7 @@ from ..methods import BASE_AGENT, Context, Variant, active
 from ..metrics import (EXACT_IMAGES, FIELDS, Quality, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs,
                        per_image_key, write_per_image)
 from ..paths import Paths
+from ..selection import FIELDS as VALIDATION_FIELDS
 from ..selection import Trial, choose, validation_table
 from ..tracking import Tracker
 from ..train import setup_runtime
@@ -175,8 +176,6 @@ def choices(params: Params, paths: Paths) -> dict[str, dict]:
 def validation_rows(params: Params, paths: Paths) -> list[dict]:
     return [r for name, module in sorted(active(params).items()) for r in validation_table(params, paths, name, module)]
 
-
-VALIDATION_FIELDS = ["method", "domain", "sparsity", "point", "setting", "val_psnr", "chosen"]
 
 
 def evaluate_all(ctx: Context, per_image: dict[str, torch.Tensor] | None = None
