@@ -169,11 +169,15 @@ def extended(params, paths, method: str) -> list[dict]:
     path = paths.adapt(method) / GRID_FILE
     if not path.is_file():
         return []
-    entries = json.loads(path.read_text())["extended"]
+    try:
+        entries = json.loads(path.read_text())["extended"]
+        points = [(e["point"], sorted(e["setting"]), e["cells"]) for e in entries]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} unusable ({type(err).__name__}: {err}); re-run the adapt stage") from None
     first, keys = len(grid_points(params, method)), sorted(params.search.get(method, {}))
-    for h, e in enumerate(entries, first):
-        if e["point"] != h or sorted(e["setting"]) != keys:
-            raise ValueError(f"{path}: point {e['point']} {e['setting']} is not an extension of search.{method} "
+    for h, (point, setting, _) in enumerate(points, first):
+        if point != h or setting != keys:
+            raise ValueError(f"{path}: point {point} (keys {setting}) is not an extension of search.{method} "
                              f"(keys {keys}, points from {first}); re-run the adapt stage")
     return entries
 
@@ -332,7 +336,7 @@ def validation_table(params, paths, method: str, module) -> list[dict]:
 
 
 def choose(params, paths, method: str, module) -> dict[tuple[str, float | None], int]:
-    """(domain, sparsity) -> the chosen grid point (from the cells' validation PSNR)."""
+    """(domain, sparsity) -> the chosen grid point, the extended ones included (from the cells' validation PSNR)."""
     if len(grid_points(params, method)) == 1:
         return {cell: 0 for cell in cell_grid(params, module)}
     return {(r["domain"], None if r["sparsity"] == "" else r["sparsity"]): r["point"]

@@ -396,3 +396,16 @@ def test_the_adapt_stage_trains_the_extended_cells_and_evaluate_reads_them(prepa
             assert float(r["value"]) == pytest.approx(json.loads(cell.metrics.read_text())["domain_psnr"], abs=1e-5)
     adapt_every_cell(params, paths)
     assert "0 computed" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_an_unreadable_grid_file_is_refused_in_one_line(project):
+    raw = project.raw
+    raw["search"] = {"max_extend": 1, "tuning": {"tuning.lr": [0.001, 0.003]}}
+    project.write_params(raw)
+    path = project.paths.adapt("tuning") / "grid.json"
+    path.parent.mkdir(parents=True)
+    for text in ("{", '{"points": []}', '{"extended": [{"point": 2}]}'):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=r"grid\.json unusable \(\w+: .*\); re-run the adapt stage") as err:
+            selection.grid_points(project.params, "tuning", project.paths)
+        assert "\n" not in str(err.value)
