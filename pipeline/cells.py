@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 from . import sources
 from .config import ConfigError
 from .paths import Cell, Paths, cell_name
-from .selection import Trial, cell_grid, choose, grid_points, trial_params, trials
+from .selection import Trial, cell_grid, choose, grid_points, trial_params
 from .storage import write_json
 from .tracking import Tracker, execution_key, tracking_uri
 
@@ -180,22 +181,36 @@ def check_grid(params: Params, module) -> None:
             raise ConfigError(f"search.{module.NAME}.{key}: not among the method's params {list(module.PARAMS)}")
 
 
-def plan(params: Params, paths: Paths, module) -> list[Task]:
-    """Every cell of the method: domain x sparsity x trial (seed x grid point), with its content key.
+def plan(params: Params, paths: Paths, module, extended: list[dict] = ()) -> list[Task]:
+    """Every cell of the method: domain x sparsity x trial (seed x grid point), with its content key, then
+    the ``extended`` points' cells (``{"setting", "cells"}``, numbered after the grid's; only their cells).
     Upstream methods (``NEEDS``) must be assembled first: their choices and files enter the keys."""
     check_grid(params, module)
     chosen = tuple((m, tuple(sorted(choose(params, paths, m, method_module(m)).items(), key=str)))
                    for m in getattr(module, "NEEDS", ()))
     common = {"code": code_digest(module.NAME), "inputs": input_digests(paths, module)}
-    points = grid_points(params, module.NAME)
+    every = cell_grid(params, module)
+    points = [(p, every) for p in grid_points(params, module.NAME)]
+    points += [(e["setting"], [tuple(c) for c in e["cells"]]) for e in extended]
     tasks = []
-    for trial in trials(params, module.NAME):
-        tp = trial_params(params, points[trial.point], trial.seed)
-        kp = key_params(tp, module)
-        for d, s in cell_grid(params, module):
-            key = cell_key(module, d, s, common, kp, trial, {m: dict(c) for m, c in chosen})
-            tasks.append(Task(tp, paths, module.NAME, d, s, key, trial, chosen))
+    for h, (point, cells) in enumerate(points):
+        for seed in range(params.adapt.seeds):
+            trial = Trial(seed, h)
+            tp = trial_params(params, point, seed)
+            kp = key_params(tp, module)
+            for d, s in cells:
+                key = cell_key(module, d, s, common, kp, trial, {m: dict(c) for m, c in chosen})
+                tasks.append(Task(tp, paths, module.NAME, d, s, key, trial, chosen))
     return tasks
+
+
+def scores(tasks: list[Task]) -> dict[tuple[str, float | None], dict[int, float]]:
+    """(domain, sparsity) -> grid point -> mean validation PSNR over seeds, from the computed cells."""
+    vals: dict = {}
+    for t in sorted(tasks, key=lambda t: t.trial.seed):
+        result = json.loads((t.stored / f"{t.name}.json").read_text())
+        vals.setdefault((t.domain, t.sparsity), {}).setdefault(t.trial.point, []).append(result["details"]["val_psnr"])
+    return {cell: {h: statistics.fmean(v) for h, v in sorted(by.items())} for cell, by in vals.items()}
 
 
 def assemble(paths: Paths, method: str, tasks: list[Task]) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .domains import DOMAINS
 from .paths import REPO
+from .selection import Search
 
 BUILTIN_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
                   "retina", "stereo_motorcycle", "china", "flower", "grace_hopper")
@@ -219,10 +220,6 @@ class AblateBase(_Block):
         return unique(v)
 
 
-GridValue = int | float | str
-Grid = dict[str, tuple[GridValue, ...]]
-
-
 class ParamsBase(_Block):
     """Every block but the methods'; ``Params`` adds one block per method that has a ``Config``."""
     profile: Literal["quick", "paper", "ci", "full"]
@@ -235,8 +232,8 @@ class ParamsBase(_Block):
     adapt: Adapt
     evaluate: Evaluate
     ablate: AblateBase
-    search: dict[str, Grid] = Field(description="per method, dotted param -> values tried; chosen on validation "
-                                    "data (pipeline/selection.py)")
+    search: Search = Field(description="per method, dotted param -> values tried, and max_extend; chosen on "
+                           "validation data (pipeline/selection.py)")
 
     def __hash__(self) -> int:  # frozen, but ``search`` holds dicts: hash the canonical JSON
         return hash(self.model_dump_json())

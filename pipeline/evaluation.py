@@ -31,6 +31,7 @@ import torch
 
 from .methods import BASE_AGENT, Context, Variant, active
 from .metrics import EXACT_IMAGES, Quality, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs, per_image_key
+from .selection import FIELDS as VALIDATION_FIELDS
 from .selection import Trial, choose, validation_table
 
 if TYPE_CHECKING:
@@ -167,7 +168,6 @@ def validation_rows(params: Params, paths: Paths) -> list[dict]:
     return [r for name, module in sorted(active(params).items()) for r in validation_table(params, paths, name, module)]
 
 
-VALIDATION_FIELDS = ["method", "domain", "sparsity", "point", "setting", "val_psnr", "chosen"]
 
 
 def evaluate_all(ctx: Context, per_image: dict[str, torch.Tensor] | None = None

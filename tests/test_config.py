@@ -365,7 +365,8 @@ def test_the_paper_profile_adapts_on_the_full_profiles_pretraining():
     assert {k: paper["domains"][k] for k in ("n_train", "n_val", "n_test")} == \
         {k: full["domains"][k] for k in ("n_train", "n_val", "n_test")}
     assert (paper["adapt"]["epochs"], paper["adapt"]["score_lr"], paper["adapt"]["value_lr"]) == (30, 1.0, 0.0001)
-    assert paper["search"] == {}
+    assert paper["search"] == {"max_extend": 2}  # no grid: the paper's values, nothing to extend
+    assert config.parse(paper).search.grids() == {} and config.parse(full).search.max_extend == 2
 
 
 # ------------------------------------------------------------------------------ methods in the schema

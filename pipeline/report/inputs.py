@@ -20,6 +20,7 @@ from .. import claims
 from ..data import DataError
 from ..metrics import FIELDS, ordered_pairs
 from ..paths import Paths
+from ..selection import FIELDS as VALIDATION_FIELDS
 from ..selection import Trial, choose
 
 if TYPE_CHECKING:
@@ -162,7 +163,10 @@ def read_validation(path: Path) -> pd.DataFrame:
     """evaluate's validation.csv: every method's search grid and the chosen point."""
     if not path.is_file():
         raise DataError(f"report: {path} not found; run the evaluate stage first (dvc repro evaluate)")
-    return pd.read_csv(path, dtype={"setting": str, "sparsity": str}, keep_default_na=False)
+    df = pd.read_csv(path, dtype={"setting": str, "sparsity": str, "origin": str, "choice": str}, keep_default_na=False)
+    if missing := [c for c in VALIDATION_FIELDS if c not in df.columns]:
+        raise DataError(f"report: {path} lacks columns {missing}; expected {VALIDATION_FIELDS}; re-run the evaluate stage")
+    return df
 
 
 def read_bases(path: Path) -> pd.DataFrame | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..selection import STATUSES
 from ..storage import write_text
 from .frames import Cells, Frames, sam_rows
 
@@ -78,21 +79,44 @@ def display_table(flat: pd.DataFrame, fmt: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def render_table(flat: pd.DataFrame, fmt: dict[str, str], header: str) -> tuple[str, str, str]:
-    """CSV (half-widths in their own columns), Markdown (header line first) and LaTeX (header as a comment)."""
+def render_table(flat: pd.DataFrame, fmt: dict[str, str], header: str, footer: str = "") -> tuple[str, str, str]:
+    """CSV (half-widths in their own columns), Markdown (header line first, ``footer`` last) and LaTeX
+    (header and footer as comments)."""
     shown = display_table(flat, fmt)
     align = ["right" if pd.api.types.is_numeric_dtype(flat[c]) else "left" for c in shown.columns]
     markdown = shown.to_markdown(index=False, disable_numparse=True, colalign=align)
     latex = (shown.style.hide(axis="index").format(escape="latex")
              .format_index(escape="latex", axis=1).to_latex(hrules=True))
-    return flat.to_csv(index=False), f"{header}\n\n{markdown}\n", f"% {header}\n{latex}"
+    return (flat.to_csv(index=False), f"{header}\n\n{markdown}\n" + (f"\n{footer}\n" if footer else ""),
+            f"% {header}\n" + (f"% {footer}\n" if footer else "") + latex)
+
+
+def choice_counts(flat: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """method -> status -> how many (domain, sparsity) choices x searched keys have it (``choice`` column:
+    one status, or 'key: status; ...' per key); methods without a searched key are left out."""
+    counts: dict[str, dict[str, int]] = {}
+    for method, choice in flat.loc[flat["choice"] != "", ["method", "choice"]].itertuples(index=False):
+        for part in choice.split("; "):
+            state = part.rsplit(": ", 1)[-1] if part not in STATUSES else part
+            counts.setdefault(method, dict.fromkeys(STATUSES, 0))[state] += 1
+    return counts
+
+
+def validation_summary(flat: pd.DataFrame) -> str:
+    """The line under the validation table: per method, its choices by status."""
+    counts = choice_counts(flat)
+    return ("Choices (domain × sparsity × searched key) by status: " + "; ".join(
+        f"{m}: " + ", ".join(f"{n} {s}" for s, n in c.items()) for m, c in sorted(counts.items()))
+        + ".") if counts else ""
 
 
 def write_tables(frames: Frames, folder: Path, header: str) -> list[Path]:
     written = []
     for name, (cells, fmt) in table_specs(frames).items():
         note = SEEDS_NOTE if cells.ci is not None else ""
-        for text, suffix in zip(render_table(flat_table(cells, fmt), fmt, header + note), (".csv", ".md", ".tex")):
+        flat = flat_table(cells, fmt)
+        footer = validation_summary(flat) if name == "validation" else ""
+        for text, suffix in zip(render_table(flat, fmt, header + note, footer), (".csv", ".md", ".tex")):
             write_text(folder / f"{name}{suffix}", text)
             written.append(folder / f"{name}{suffix}")
     # The folder is a persistent DVC output (kept, not emptied, before the stage runs): a file this run

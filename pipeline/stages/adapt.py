@@ -4,8 +4,11 @@
 wave after its ``NEEDS``), computes the missing ones of each wave at once through the executor of
 ``execute.executor`` (local, pool, ray) and assembles ``build/<run>/adapt/<method>/`` (per cell: the
 method's artefacts and ``<cell>.json``, keys CELL_KEYS). Cells are content-keyed (``pipeline.cells``):
-an unchanged cell is copied from the store, not recomputed. ``--method NAME`` (repeatable) runs only those
-methods (their NEEDS must have run); DVC runs them all.
+an unchanged cell is copied from the store, not recomputed. Then a wave's choices on an edge of their
+grid are extended (``search.max_extend``, ``pipeline.selection``): the next step's cells are computed and
+the choice made again, until every choice is interior or capped; the extended points go to the method's
+``grid.json`` before the next wave plans. ``--method NAME`` (repeatable) runs only those methods (their
+NEEDS must have run); DVC runs them all.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from ..cells import assemble, compute, executor, method_module, plan
+from ..cells import assemble, compute, executor, method_module, plan, scores
 from ..methods import waves
+from ..selection import extend, grid_points, write_extended
 from ..tracking import Tracker
 from . import run
 
@@ -33,14 +37,21 @@ def main(params: Params, paths: Paths, argv: list[str] | None = None) -> None:
         tracker.run_id  # the parent and this stage's run exist before any worker logs (no race on the store)
         run_ex = executor(params, paths)
         for wave in waves(params, only):
-            tasks = {name: plan(params, paths, method_module(name)) for name in wave}
-            todo = [t for ts in tasks.values() for t in ts if not t.stored.is_dir()]
-            run_ex.map(compute, todo)
+            extended, grow, done = {name: [] for name in wave}, True, 0
+            while grow:  # the grid, then one step beyond each choice on an edge, until none is left
+                tasks = {name: plan(params, paths, method_module(name), extended[name]) for name in wave}
+                todo = [t for ts in tasks.values() for t in ts if not t.stored.is_dir()]
+                run_ex.map(compute, todo)
+                done += len(todo)
+                grown = {name: extend(params, name, extended[name], scores(ts)) for name, ts in tasks.items()}
+                grow, extended = grown != extended, grown
             for name, ts in tasks.items():
                 assemble(paths, name, ts)
-            cells, computed = cells + sum(map(len, tasks.values())), computed + len(todo)
-            print(f"adapt {', '.join(wave)}: {sum(map(len, tasks.values()))} cells, {len(todo)} computed "
-                  f"({run_ex.kind})", flush=True)
+                write_extended(paths, name, extended[name], len(grid_points(params, name)))
+            n, more = sum(map(len, tasks.values())), sum(map(len, extended.values()))
+            cells, computed = cells + n, computed + done
+            print(f"adapt {', '.join(wave)}: {n} cells, {done} computed" + (f", {more} extended points" if more else "")
+                  + f" ({run_ex.kind})", flush=True)
         tracker.log_metrics({"cells": cells, "cells_computed": computed, "seconds": time.perf_counter() - start})
         tracker.set_tags({"executor": run_ex.kind, "methods": ",".join(params.adapt.methods)})
     for stale in (p for p in paths.build.joinpath("adapt").iterdir() if not only and p.name not in params.adapt.methods):

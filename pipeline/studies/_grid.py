@@ -8,10 +8,10 @@ import json
 import pandas as pd
 import torch
 
-from ..methods import Context
+from ..methods import Context, registry
 from ..methods.sam import sam_path, train_sam
 from ..sam import install_sam, load_sam, sam_state
-from ..selection import Trial, grid_points, trial_params
+from ..selection import Trial, available, grid_points, trial_params
 
 
 def sam_at(ctx: Context, domain: str, sparsity: float, allocation: str, mask: str, h: int, point: dict):
@@ -36,7 +36,10 @@ def train_eval(ctx: Context, domain: str, sparsity: float, allocation: str, mask
     SAM's per-image test PSNR. Test numbers are measured for the chosen point only."""
     best = None
     tried = []
-    for h, point in enumerate(grid_points(ctx.params, "sam")):
+    points = grid_points(ctx.params, "sam", ctx.paths)  # the main grid's, and its extension's for this cell
+    mains = available(ctx.params, ctx.paths, "sam", registry()["sam"]).get((domain, sparsity))
+    for h in mains or range(len(grid_points(ctx.params, "sam"))):
+        point = points[h]
         c, model, moved = sam_at(ctx, domain, sparsity, allocation, mask, h, point)
         val = c.psnr(c.self_link(model), c.split(f"{domain}_val"))
         tried.append(f"{json.dumps(point, sort_keys=True) if point else '(as params)'}: {val:.3f}")

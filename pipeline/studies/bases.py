@@ -53,7 +53,7 @@ def run(ctx: Context) -> tuple[pd.DataFrame, str, object]:
     pretrained_main = pretrained_psnrs(ctx)
     params, a = ctx.params, ctx.params.ablate
     s = a.sparsity
-    points = grid_points(params, "sam")
+    points = grid_points(params, "sam", ctx.paths)
     chosen = choices(params, ctx.paths)["sam"]
     point_of = {d: chosen.get((d, s), 0) for d in a.domains}  # the main grid's choice (point 0 off the grid)
     train_x = ctx.split("base_train")

@@ -15,7 +15,7 @@ from pipeline.stages import EXIT_BAD_INPUT, report, run, write_json, write_npy, 
 from ..synthetic import REFERENCE, bases_table, domain_psnr, through_csv, tidy
 
 VALIDATION = [{"method": "tuning", "domain": "VA", "sparsity": "", "point": 0, "setting": '{"tuning.lr": 0.001}',
-               "val_psnr": 20.5, "chosen": True}]
+               "val_psnr": 20.5, "chosen": True, "origin": "grid", "choice": "edge-unsearched"}]
 
 
 def write_inputs(params, paths, df: pd.DataFrame) -> None:
@@ -152,7 +152,7 @@ def test_missing_csv_exits_2_and_writes_nothing(project, capsys):
 
 
 @pytest.mark.parametrize("broken", ["no equalizer", "no seed column", "no per_image", "no validation.csv",
-                                    "no pretrain.json", "bad bases.csv"])
+                                    "no pretrain.json", "bad bases.csv", "validation.csv of older code"])
 def test_bad_input_exits_2_in_one_line_and_writes_nothing(project, capsys, broken):
     params, paths = project.params, project.paths
     raw = tidy(params.domains.names, params.adapt.sparsities, new=True)
@@ -166,6 +166,9 @@ def test_bad_input_exits_2_in_one_line_and_writes_nothing(project, capsys, broke
     if broken == "bad bases.csv":
         paths.ablations.mkdir(parents=True, exist_ok=True)
         (paths.ablations / "bases.csv").write_text("base,domain\nmain,VA\n")
+    if broken == "validation.csv of older code":  # before each choice said where it stands
+        write_rows(paths.validation_csv, [{k: v for k, v in r.items() if k not in ("origin", "choice")}
+                                          for r in VALIDATION], list(VALIDATION[0])[:-2])
     before = project.files()
     with pytest.raises(SystemExit) as exit_:
         run(report.main, project.root)
@@ -173,6 +176,7 @@ def test_bad_input_exits_2_in_one_line_and_writes_nothing(project, capsys, broke
     err = capsys.readouterr().err.strip()
     expected = {"no equalizer": "lacks domain_psnr of equalizer", "no seed column": "lacks columns ['seed']",
                 "no per_image": "per_image.safetensors", "no validation.csv": "validation.csv not found",
-                "no pretrain.json": "pretrain.json unusable", "bad bases.csv": "bases.csv lacks columns"}[broken]
+                "no pretrain.json": "pretrain.json unusable", "bad bases.csv": "bases.csv lacks columns",
+                "validation.csv of older code": "validation.csv lacks columns ['origin', 'choice']"}[broken]
     assert len(err.splitlines()) == 1 and expected in err, err
     assert project.files() == before

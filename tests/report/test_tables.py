@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from pipeline.report.frames import CONTROL_ROWS, SHIFT_ROW
-from pipeline.report.tables import flat_table, plot_data, render_table, table_specs, write_tables
+from pipeline.report.tables import (choice_counts, flat_table, plot_data, render_table, table_specs,
+                                    validation_summary, write_tables)
 
 from ..synthetic import (BASE_BYTES, DOMAINS, EQUALIZER_BYTES, GAMMAS, PAIR, cross_psnr, domain_psnr, half_width,
                          memory_bytes, through_csv, tidy)
@@ -89,10 +90,40 @@ def test_ssim_cross_traffic_and_controls_tables(full):
 def test_the_validation_table_shows_the_grid_and_the_choice(full):
     validation = pd.DataFrame([
         {"method": "tuning", "domain": "VA", "sparsity": "", "point": h, "setting": f'{{"tuning.lr": {lr}}}',
-         "val_psnr": v, "chosen": h == 1} for h, (lr, v) in enumerate([(0.001, 20.5), (0.01, 21.25)])])
+         "val_psnr": v, "chosen": h == 1, "origin": origin, "choice": "capped (max_extend)" if h == 1 else ""}
+        for h, (lr, v, origin) in enumerate([(0.001, 20.5, "grid"), (0.01, 21.25, "extension")])])
     flat = flat_tables(full, validation)["validation"]
-    assert list(flat.columns) == ["method", "sparsity_pct", "domain", "point", "setting", "val_psnr", "chosen"]
+    assert list(flat.columns) == ["method", "sparsity_pct", "domain", "point", "setting", "val_psnr", "chosen",
+                                  "origin", "choice"]
     assert flat["chosen"].tolist() == ["", "chosen"] and flat["val_psnr"].tolist() == [20.5, 21.25]
+    assert flat["origin"].tolist() == ["grid", "extension"]
+
+
+def test_the_validation_summary_counts_each_methods_choices_by_status():
+    flat = pd.DataFrame({"method": ["sam", "sam", "sam", "tuning", "tuning", "equalizer"],
+                         "choice": ["interior", "", "capped (range)",
+                                    "tuning.lr: interior; tuning.retune_epochs: edge-unsearched", "", ""]})
+    assert choice_counts(flat) == {
+        "sam": {"interior": 1, "capped (max_extend)": 0, "capped (range)": 1, "edge-unsearched": 0},
+        "tuning": {"interior": 1, "capped (max_extend)": 0, "capped (range)": 0, "edge-unsearched": 1}}
+    assert validation_summary(flat) == (
+        "Choices (domain × sparsity × searched key) by status: sam: 1 interior, 0 capped (max_extend), "
+        "1 capped (range), 0 edge-unsearched; tuning: 1 interior, 0 capped (max_extend), 0 capped (range), "
+        "1 edge-unsearched.")
+    assert validation_summary(flat.assign(choice="")) == ""
+
+
+def test_the_validation_markdown_ends_with_the_summary(full, tmp_path):
+    validation = pd.DataFrame([{"method": "tuning", "domain": "VA", "sparsity": "", "point": 0,
+                                "setting": '{"tuning.lr": 0.001}', "val_psnr": 20.5, "chosen": True,
+                                "origin": "grid", "choice": "edge-unsearched"}])
+    write_tables(frames(full, validation), tmp_path, "H")
+    text = (tmp_path / "validation.md").read_text()
+    assert text.endswith("\n\nChoices (domain × sparsity × searched key) by status: tuning: 0 interior, "
+                         "0 capped (max_extend), 0 capped (range), 1 edge-unsearched.\n")
+    assert "% Choices (domain" in (tmp_path / "validation.tex").read_text()
+    assert "Choices" not in (tmp_path / "validation.csv").read_text()
+    assert "Choices" not in (tmp_path / "main.md").read_text()
 
 
 def test_memory_network_from_the_measured_bytes(full):
