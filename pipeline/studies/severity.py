@@ -92,7 +92,7 @@ def _train(c: _AtLevel, method: str, d: str, s: float, out: Cell, sam_cell: Cell
         r = sam.adapt(c, d, s, out, None)
     elif method == "lora":
         c = dataclasses.replace(c, sam_cell=sam_cell)
-        r = lora.adapt(c, d, s, Cell(c.checkpoints / "lora", cell_name(d, s), c.checkpoints), _Quiet())
+        r = lora.adapt(c, d, s, Cell(c.checkpoints / "lora", f"lora-{cell_name(d, s)}", c.checkpoints), _Quiet())
     else:
         model = c.pretrained().requires_grad_(True)
         tuning.finetune(c, model, c.split(f"{d}_train"), c.params.adapt.epochs, d, d)
@@ -180,7 +180,7 @@ def summarise(per_seed: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, str
         db, pct = mean_ci(g.gain_db), mean_ci(g.gain_pct)
         rows.append({"domain": d, "level": level, "magnitude": magnitude(d, params.domains, level),
                      "method": method, "seeds": len(g), "pretrained_psnr": g.pretrained_psnr.iloc[0],
-                     "psnr": g.psnr.mean(), "memory_bytes": int(g.bytes.iloc[0]),
+                     "psnr": g.psnr.mean(), "memory_bytes": round(g.bytes.mean()),
                      "gain_db": db.mean, "gain_db_lo": db.lo, "gain_db_hi": db.hi,
                      "gain_pct": pct.mean, "gain_pct_lo": pct.lo, "gain_pct_hi": pct.hi,
                      "H": verdict(pct, PAPER_HEADLINE_PCT, "above")})
