@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from .config import BUILTIN_PHOTOS, InputError
-from .domains import THUMB, apply_domain
+from .domains import DEFAULT_LEVEL, THUMB, apply_domain, at_level
 from .paths import Paths
 
 if TYPE_CHECKING:
-    from .config import Params
+    from .config import Domains, Params
 
 
 
@@ -279,9 +279,9 @@ def pool_needs(params: Params) -> tuple[int, int, int]:
     return d.n_pretrain + k * dom.n_train, d.n_base_val + k * dom.n_val, d.n_base_test + k * dom.n_test
 
 
-def build_splits(params: Params, paths: Paths) -> dict[str, np.ndarray]:
-    """Base and domain splits from disjoint base images: pretraining, validation, each domain's train,
-    validation and test.
+def cut_splits(params: Params, paths: Paths) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, ...]]]:
+    """The base splits (base_train, base_val, base_test) and, per domain of ``domains.names``, its base images
+    before the transform: (train, val, test), disjoint from each other and from the base splits.
 
     The train pool, after one seeded permutation, is cut in order into base_train, the domains' train
     blocks, base_val and the domains' validation blocks; the test pool into base_test and the domains'
@@ -309,16 +309,36 @@ def build_splits(params: Params, paths: Paths) -> dict[str, np.ndarray]:
         train = np.concatenate([train[rng.permutation(len(train))[:n_fit]], val])
     test = test[rng.permutation(len(test))[:n_test]]
     v0 = n_fit + params.data.n_base_val
-    splits = {"base_train": train[:params.data.n_pretrain], "base_val": train[n_fit:v0],
-              "base_test": test[:params.data.n_base_test]}
+    base = {"base_train": train[:params.data.n_pretrain], "base_val": train[n_fit:v0],
+            "base_test": test[:params.data.n_base_test]}
+    sources = {}
     for i, name in enumerate(dom.names):
         tr0, te0 = params.data.n_pretrain + i * dom.n_train, params.data.n_base_test + i * dom.n_test
         va0 = v0 + i * dom.n_val
-        source = test[te0:te0 + dom.n_test]
-        splits[f"{name}_train"] = apply_domain(name, train[tr0:tr0 + dom.n_train], dom, dom.seed)
-        splits[f"{name}_val"] = apply_domain(name, train[va0:va0 + dom.n_val], dom, dom.seed + 3)
-        splits[f"{name}_test"] = apply_domain(name, source, dom, dom.seed + 1)
-        splits[f"{name}_test_source"] = source
+        sources[name] = (train[tr0:tr0 + dom.n_train], train[va0:va0 + dom.n_val], test[te0:te0 + dom.n_test])
+    return base, sources
+
+
+SPLIT_SEEDS = {"train": 0, "val": 3, "test": 1}  # a domain split's transform seed: domains.seed + this
+
+
+def domain_splits(name: str, sources: tuple[np.ndarray, ...], dom: Domains, level: int = DEFAULT_LEVEL
+                  ) -> dict[str, np.ndarray]:
+    """``{name}_train``, ``{name}_val``, ``{name}_test``: the domain's base images (``cut_splits``) through its
+    transform at severity ``level`` (``pipeline.domains.at_level``; the same seeds at every level, so only
+    the magnitude changes)."""
+    cfg = at_level(dom, level)
+    return {f"{name}_{split}": apply_domain(name, images, cfg, dom.seed + SPLIT_SEEDS[split])
+            for split, images in zip(("train", "val", "test"), sources)}
+
+
+def build_splits(params: Params, paths: Paths) -> dict[str, np.ndarray]:
+    """Base and domain splits from disjoint base images (``cut_splits``): pretraining, validation, each domain's
+    train, validation and test (at the default severity level) and its test images before the transform."""
+    splits, sources = cut_splits(params, paths)
+    for name, blocks in sources.items():
+        splits.update(domain_splits(name, blocks, params.domains))
+        splits[f"{name}_test_source"] = blocks[2]
     return {n: splits[n] for n in split_names(params)}
 
 
@@ -339,5 +359,5 @@ def grid(rows: list[np.ndarray]) -> np.ndarray:
     return canvas
 
 
-__all__ = ["DataError", "apply_domain", "build_splits", "check_images", "cifar_pools", "builtin_pools",
-           "folder_pools", "photo_split", "load_images", "split_names", "to_tensor", "grid"]
+__all__ = ["DataError", "apply_domain", "build_splits", "cut_splits", "domain_splits", "check_images", "cifar_pools",
+           "builtin_pools", "folder_pools", "photo_split", "load_images", "split_names", "to_tensor", "grid"]

@@ -122,3 +122,90 @@ def test_an_unknown_domain_name_in_params_is_refused_naming_the_known_ones(tiny_
 def test_the_domain_registry_keeps_the_generator_streams_of_the_four_domains():
     """A domain's generator stream is its index in DOMAINS: a new domain must go at the end."""
     assert list(domains.DOMAINS)[:4] == ["VA", "VP", "VC", "VH"]
+
+
+# ------------------------------------------------------------------------------------- severity ladders
+# sha256 of apply_domain on fixed images with the quick profile's magnitudes, and of the tiny build_splits
+# (every array, in split order, name then bytes), computed with the code before the ladders existed: the
+# default level must keep today's arrays bit for bit (every committed number keeps its meaning).
+PINNED = {"VA": "fc0e8daaab8ec26a8d2e5ce3db782bc76a3bfba4e27fa3727631639e569d8bab",
+          "VP": "76c6308b33a6f442ac714041cec9e285dc8168159d8d0f98b3b98a2cb5bf980c",
+          "VC": "729245f8c0f65efe9ead00b8cffa80326f3680688e9b94769ff2c90d52c386b1",
+          "VH": "e29b6b58bc8a0d35bc2737ebaa91af17d2af7b2e97c729101b57a74563a9cec9"}
+PINNED_TINY_SPLITS = "b898fd015633151d30fd24889a6ba3474dce5caef5516202349973744e5c6176"
+
+
+def _quick_domains():
+    from pipeline import profile
+    return make_params(profile.render("quick")).domains
+
+
+@pytest.mark.parametrize("name", DOMAINS)
+def test_the_default_level_is_the_params_and_todays_arrays_bit_for_bit(name):
+    import hashlib
+    cfg = _quick_domains()
+    assert domains.at_level(cfg, domains.DEFAULT_LEVEL) is cfg and domains.SCALE[domains.DEFAULT_LEVEL] == 1.0
+    images = np.random.default_rng(7).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    out = domains.apply_domain(name, images, domains.at_level(cfg, domains.DEFAULT_LEVEL), 5)
+    assert hashlib.sha256(out.tobytes()).hexdigest() == PINNED[name]
+
+
+def test_the_default_level_splits_are_todays_bit_for_bit(tiny_splits):
+    import hashlib
+    h = hashlib.sha256()
+    for name, arr in tiny_splits.items():
+        h.update(name.encode())
+        h.update(arr.tobytes())
+    assert h.hexdigest() == PINNED_TINY_SPLITS
+
+
+def test_a_levels_splits_come_from_the_same_base_images(tiny_params):
+    """data.domain_splits at another level transforms the same base images with the same seeds: the
+    default level is build_splits' arrays, the others differ from them but not in shape."""
+    from pipeline.data import build_splits, cut_splits, domain_splits
+    from pipeline.paths import Paths
+    params = make_params(tiny_params)
+    paths = Paths.of(params)
+    splits, (base, sources) = build_splits(params, paths), cut_splits(params, paths)
+    assert all(np.array_equal(base[k], splits[k]) for k in base)
+    for d, blocks in sources.items():
+        assert np.array_equal(blocks[2], splits[f"{d}_test_source"])
+        default = domain_splits(d, blocks, params.domains)
+        assert all(np.array_equal(v, splits[k]) for k, v in default.items())
+        other = domain_splits(d, blocks, params.domains, 5)
+        assert all(v.shape == splits[k].shape and not np.array_equal(v, splits[k]) for k, v in other.items())
+
+
+def test_every_domain_has_a_ladder_and_a_level_outside_it_is_refused():
+    assert set(domains.LADDERS) == set(domains.DOMAINS)
+    assert list(domains.SCALE) == [1, 2, 3, 4, 5] and sorted(domains.SCALE.values()) == list(domains.SCALE.values())
+    with pytest.raises(ValueError, match=r"severity level 6 is not one of \[1, 2, 3, 4, 5\]"):
+        domains.at_level(_quick_domains(), 6)
+
+
+def test_each_ladders_parameter_moves_away_from_the_identity_with_the_level():
+    """Rotation, perspective and hue grow with the level (hue up to half the circle: it wraps), the contrast
+    factor falls towards 0 (never reaching it); every level is a valid domains block."""
+    from pipeline.config import Domains
+    cfg = _quick_domains()
+    at = {lv: domains.at_level(cfg, lv) for lv in domains.SCALE}
+    for lv, c in at.items():
+        Domains.model_validate(c.model_dump())  # in range
+    seq = [at[lv] for lv in sorted(at)]
+    for a, b in zip(seq, seq[1:]):
+        assert b.rotation_degrees[0] > a.rotation_degrees[0] and b.rotation_degrees[1] > a.rotation_degrees[1]
+        assert b.perspective_distortion > a.perspective_distortion
+        assert b.contrast_factor[0] < a.contrast_factor[0] and b.contrast_factor[1] < a.contrast_factor[1]
+        assert b.hue_shift[0] > a.hue_shift[0] and b.hue_shift[1] >= a.hue_shift[1]
+    assert seq[-1].hue_shift[1] == 0.5 and seq[-1].contrast_factor[0] > 0
+    assert domains.magnitude("VA", cfg) == "|angle| in [20, 40] deg"
+    assert domains.magnitude("VC", cfg, 1) != domains.magnitude("VC", cfg)
+
+
+@pytest.mark.parametrize("name", DOMAINS)
+def test_the_images_move_further_from_the_originals_as_the_level_rises(name):
+    cfg = _quick_domains()
+    base = smooth_images(32, seed=2)
+    dist = [float(np.abs(domains.apply_domain(name, base, domains.at_level(cfg, lv), 0).astype(np.int16)
+                         - base.astype(np.int16)).mean()) for lv in sorted(domains.SCALE)]
+    assert all(b >= a for a, b in zip(dist, dist[1:])) and dist[-1] > 1.2 * dist[0], dist
