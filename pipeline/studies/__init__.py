@@ -68,7 +68,7 @@ def line_plot(df: pd.DataFrame, x: str, y: str, hue: str, title: str, logx: bool
     import seaborn as sns
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    sns.lineplot(df, x=x, y=y, hue=hue, style=style, marker="o", ax=ax)
+    sns.lineplot(df, x=x, y=y, hue=hue, style=style, marker="o", ax=ax, seed=0)
     if logx:
         ax.set_xscale("log")
     ax.set_title(title, fontsize=10)
@@ -83,7 +83,7 @@ def gain_bars(df: pd.DataFrame, key: str, sparsity: float):
     import matplotlib.pyplot as plt
     import seaborn as sns
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    sns.barplot(df, x=key, y="gain_over_pretrained", hue="domain", ax=ax)
+    sns.barplot(df, x=key, y="gain_over_pretrained", hue="domain", ax=ax, seed=0)
     ax.set_ylabel("domain PSNR gain over pretrained (dB)")
     ax.set_title(f"Ablation: {key} (γ={sparsity:g})", fontsize=10)
     return fig

@@ -118,8 +118,10 @@ def figure(df: pd.DataFrame, sparsity: float):
                                                      else "extra bases (smaller budget)"))
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     sns.pointplot(plot, x="domain", y="gain", hue="replicate", errorbar=("ci", 95), dodge=0.3,
-                  linestyle="none", capsize=0.1, ax=ax)
-    sns.stripplot(plot, x="domain", y="gain", hue="replicate", dodge=True, alpha=0.5, legend=False, ax=ax)
+                  linestyle="none", capsize=0.1, ax=ax, seed=0)  # a seeded bootstrap: the same PNG bytes
+    from ..report.figures import seeded_numpy
+    with seeded_numpy():  # stripplot jitters with numpy's global generator
+        sns.stripplot(plot, x="domain", y="gain", hue="replicate", dodge=True, alpha=0.5, legend=False, ax=ax)
     ax.set_ylabel("sam gain over its base (dB)")
     ax.set_title(f"Base-to-base vs seed-to-seed spread (γ={sparsity:g})", fontsize=10)
     ax.grid(alpha=0.3, axis="y")

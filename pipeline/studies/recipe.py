@@ -163,7 +163,7 @@ def figure(df: pd.DataFrame, sparsity: float):
     order = list(dict.fromkeys(df.recipe))
     fig, axes = plt.subplots(1, 2, figsize=(9, 1.2 + 0.28 * len(order)), sharey=True)
     for ax, col, title in ((axes[0], "val_gain", "validation"), (axes[1], "gain_over_pretrained", "test")):
-        sns.barplot(df, y="recipe", x=col, hue="domain", order=order, ax=ax, orient="h")
+        sns.barplot(df, y="recipe", x=col, hue="domain", order=order, ax=ax, orient="h", seed=0)
         for fixed, style in (("random", ":"), ("fisher", "--")):
             ax.axvline(df[df.recipe == fixed][col].mean(), color="k", ls=style, lw=0.8, label=f"{fixed} (mean)")
         ax.set_xlabel(f"{title} PSNR gain over pretrained (dB)")
