@@ -1,6 +1,6 @@
 """Study ``budget``: the doubling test. The main seed pretrained for each of ``ablate.budget_epochs``
 epochs (the recipe, one-cycle included, over each budget), base and domain test PSNR beside the main
-base's."""
+base's. The bases are kept in the base store (``_adapted.stored_base``), where the strength study finds them."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
@@ -9,8 +9,9 @@ import pandas as pd
 from pydantic import AfterValidator, Field
 
 from ..config import Block, unique
-from ..pretraining import base_key, train_base
+from ..train import load_model
 from . import pretrained_psnrs
+from ._adapted import stored_base
 
 if TYPE_CHECKING:
     from ..methods import Context
@@ -26,15 +27,12 @@ class Config(Block):
 def run(ctx: Context) -> tuple[pd.DataFrame, str, object]:
     pretrained_main = pretrained_psnrs(ctx)
     params, a = ctx.params, ctx.params.ablate
-    train_x, base_test = ctx.split("base_train"), ctx.split("base_test")
+    base_test = ctx.split("base_test")
     found = [{"pretrain_epochs": params.pretrain.epochs, "model": "the pipeline's base",
               "base_test_psnr": ctx.psnr(ctx.self_link(ctx.pretrained()), base_test),
               **{f"{d}_test_psnr": pretrained_main[d] for d in a.domains}}]
-    for epochs in a.budget_epochs:
-        key = base_key(params, ("budget", params.pretrain.seed, epochs), train_x)
-        model, _ = train_base(params, train_x, seed=params.pretrain.seed, epochs=epochs, device=ctx.device,
-                              checkpoint=ctx.checkpoint(f"budget-{epochs}"), key=key, desc=f"budget {epochs}")
-        model.eval()
+    for epochs in a.budget_epochs:  # from the base store: the strength study reuses them (or they its)
+        model = load_model(params, stored_base(ctx, params.pretrain.seed, epochs, "budget")).to(ctx.device).eval()
         found.append({"pretrain_epochs": epochs, "model": f"seed {params.pretrain.seed}, {epochs} epochs",
                       "base_test_psnr": ctx.psnr(ctx.self_link(model), base_test),
                       **{f"{d}_test_psnr": ctx.psnr(ctx.self_link(model), ctx.split(f"{d}_test")) for d in a.domains}})

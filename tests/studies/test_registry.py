@@ -16,7 +16,8 @@ def test_the_registry_names_every_file_of_the_studies_folder_in_order():
     files = sorted(p.stem for p in (REPO / "pipeline" / "studies").glob("*.py") if not p.stem.startswith("_"))
     assert sorted(studies.registry()) == files
     assert all(m.__name__ == f"pipeline.studies.{name}" for name, m in studies.registry().items())
-    assert studies.names() == ("allocation", "mask", "sparsity", "snr", "recipe", "bases", "budget", "severity")
+    assert studies.names() == ("allocation", "mask", "sparsity", "snr", "recipe", "bases", "budget", "severity",
+                             "strength", "length")
     assert [m.ORDER for m in studies.registry().values()] == sorted(m.ORDER for m in studies.registry().values())
 
 
@@ -35,7 +36,8 @@ def test_an_unknown_study_is_refused_in_one_line_naming_it_and_the_known_ones(ti
 def test_the_ablate_block_holds_every_studys_fields_flat_in_the_studies_order(tiny_params):
     ablate = config.params_model().model_fields["ablate"].annotation
     assert list(ablate.model_fields) == ["studies", "domains", "sparsity", "sparsities", "snr_db", "recipe_score_lrs",
-                                         "bases", "base_epochs", "budget_epochs", "severities", "severity_seeds"]
+                                         "bases", "base_epochs", "budget_epochs", "severities", "severity_seeds",
+                                         "strength_epochs", "strength_extra_db", "length_epochs"]
     own = [f for m in studies.registry().values() if hasattr(m, "Config") for f in m.Config.model_fields]
     assert list(ablate.model_fields)[3:] == own
     raw = copy.deepcopy(tiny_params)
