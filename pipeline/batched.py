@@ -156,12 +156,13 @@ def groups(runs: list[dict]) -> list[list[int]]:
     return list(found.values())
 
 
-def fit_grouped(runs: list[dict], max_cells: int = 16) -> list[list[dict]]:
+def fit_grouped(runs: list[dict], max_cells: int = 16, batch: bool | None = None) -> list[list[dict]]:
     """``fit_cells`` over every group of ``runs`` that may share a step, at most ``max_cells`` at a time;
-    a group that ``use_batched`` does not batch runs one ``fit_cells`` per run (``fit``'s own loop)."""
+    a group that is not batched (``batch`` False, or None and ``use_batched`` says no) runs ``fit`` per run."""
     out: list[list[dict] | None] = [None] * len(runs)
     for group in groups(runs):
-        size = max_cells if use_batched(runs[group[0]]["device"], len(group)) else 1
+        stack = use_batched(runs[group[0]]["device"], len(group)) if batch is None else batch and len(group) > 1
+        size = max_cells if stack else 1
         for j in range(0, len(group), size):
             part = group[j:j + size]
             for i, history in zip(part, fit_cells([runs[i] for i in part]) if size > 1 else
@@ -176,12 +177,13 @@ def _fit_one(run: dict) -> list[dict]:
 
 
 def train_tuning_cells(ctxs: list[Context], domains: list[str], outs: list, trackers: list,
-                       max_cells: int = 16) -> list[dict]:
+                       max_cells: int = 16, batch: bool | None = None) -> list[dict]:
     """``tuning.adapt(ctx, domain, None, out, tracker)`` for every cell, their trainings (the domain's
-    fine-tuning, then the re-tuning on base images) batched where ``use_batched`` says it pays.
+    fine-tuning, then the re-tuning on base images) batched where ``use_batched`` says it pays (``batch``
+    True: always, False: never).
     Returns the cells' results in order; ``train_seconds`` is each cell's share of the batch's time."""
     from .methods import tuning
-    return tuning.adapt_cells(ctxs, domains, outs, trackers, fit_all=lambda runs: fit_grouped(runs, max_cells))
+    return tuning.adapt_cells(ctxs, domains, outs, trackers, fit_all=lambda runs: fit_grouped(runs, max_cells, batch))
 
 
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -199,3 +199,34 @@ def test_tuning_cells_batched_give_tunings_results(tmp_path, monkeypatch):
         for curve in ("curve", "retune_curve"):
             for x, y in zip(a["details"][curve], b["details"][curve], strict=True):
                 assert abs(x["train_loss"] - y["train_loss"]) <= 1e-5 * x["train_loss"]
+
+
+# ------------------------------------------------------------------------------ benchmarks.batched
+def test_crossover_is_the_smallest_k_from_which_every_larger_k_pays():
+    from benchmarks.batched import crossover
+    assert crossover({1: 1.2, 4: 1.1, 8: 1.3, 16: 1.2}) == 4  # K = 1 never counts: nothing is batched there
+    assert crossover({1: 0.9, 4: 1.1, 8: 0.95, 16: 1.2}) == 16
+    assert crossover({1: 0.9, 4: 0.9, 8: 0.8}) is None
+
+
+def test_benchmark_writes_its_section_and_keeps_the_others(tmp_path):
+    """The whole module with tiny sizes: every equality row PASS, one speed row per K, the per-tensor and
+    per-metric tables, the sections of other modules left as they were."""
+    import re
+
+    from benchmarks import batched as bench
+    from benchmarks.gpu import BEGIN, END
+    out = tmp_path / "benchmarks.md"
+    other = f"{BEGIN}\n## GPU: kept\n{END}\n"
+    out.write_text("# zfda-bench benchmarks\n\n| cpu table |\n\n" + other)
+    assert bench.main(["--tiny", "--threads", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# zfda-bench benchmarks\n\n| cpu table |\n\n" + other)
+    body = text.split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
+    rows = {r[0]: r for r in ([c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]] for ln in body.splitlines()
+                              if ln.startswith("|") and not set(ln) <= set("|:- "))}
+    eq = [r for n, r in rows.items() if n.startswith(("Batched tuning cells", "No leak"))]
+    assert len(eq) == 5 and all(r[4] == "PASS" for r in eq)
+    assert sum(n.startswith("Batched / sequential cells/s, K=") for n in rows) == 2  # K 1 and 2 (tiny)
+    assert "encoder.net.0.weight" in rows and "domain_psnr" in rows and "curve.train_loss" in rows
+    assert "**cpu**:" in body and "**cpu_flags**:" in body
