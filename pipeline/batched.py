@@ -23,6 +23,7 @@ the same bytes, and a cell's result does not depend on the other cells of its ba
 """
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import torch
@@ -51,21 +52,57 @@ def use_batched(device: torch.device | str, k: int) -> bool:
     return CPU_CROSSOVER is not None and k >= CPU_CROSSOVER
 
 
-def _stack(models: list[nn.Module], prefix: str) -> dict[str, torch.Tensor]:
-    """The K models' parameters under ``prefix`` (a submodule's), stacked along a new first dimension."""
-    names = [n for n, _ in models[0].named_parameters() if n.startswith(prefix)]
-    own = [dict(m.named_parameters()) for m in models]
-    return {n[len(prefix):]: torch.stack([p[n] for p in own]) for n in names}
+def link_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors the plain model's forward reads, by the plain model's names: the model's parameters, or,
+    for a model carrying SAM (``pipeline.sam``), each wrapped layer's ``effective_weight()`` (W0 + m ⊙ v with
+    SAMLayer's own mask and straight-through gradient, its ``last_mask`` recorded) and its base bias."""
+    from .sam import sam_layers
+    layers = sam_layers(model)
+    out = {}
+    for name, p in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        if owner.endswith(".base") and owner[:-5] in layers:
+            if leaf == "weight":
+                out[f"{owner[:-5]}.weight"] = layers[owner[:-5]].effective_weight()
+            else:
+                out[f"{owner[:-5]}.{leaf}"] = p
+        elif owner not in layers:
+            out[name] = p
+    return out
 
 
-def stacked_forward(models: list[SCModel], x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+def plain_template(model: nn.Module) -> nn.Module:
+    """A module of the plain model's structure for ``functional_call``: ``model`` itself, or a copy with every
+    SAM layer replaced by its base layer."""
+    from .sam import sam_layers
+    layers = sam_layers(model)
+    if not layers:
+        return model
+    template = copy.deepcopy(model)
+    for name in layers:
+        parent, _, last = name.rpartition(".")
+        setattr(template.get_submodule(parent), last, template.get_submodule(f"{name}.base"))
+    return template
+
+
+def stacked_forward(models: list[SCModel], x: torch.Tensor, generators: list[torch.Generator],
+                    template: nn.Module | None = None) -> torch.Tensor:
     """``models[k](x[k], generators[k])`` for every k, as one (K, batch, 3, 32, 32) tensor: encoder and decoder
-    vmapped over the stacked parameters, each cell's power normalisation and channel on its own slice."""
-    enc, dec = models[0].encoder, models[0].decoder
-    z = vmap(lambda p, xb: functional_call(enc, p, (xb,)))(_stack(models, "encoder."), x)
+    vmapped over the stacked ``link_tensors``, each cell's power normalisation and channel on its own slice.
+    ``template``: ``plain_template(models[0])`` (computed when not given)."""
+    template = template or plain_template(models[0])
+    tensors = [link_tensors(m) for m in models]
+    stacked = {n: torch.stack([t[n] for t in tensors]) for n in tensors[0]}
+    part = lambda prefix: {n[len(prefix):]: v for n, v in stacked.items() if n.startswith(prefix)}
+    enc, dec = template.encoder, template.decoder
+    z = vmap(lambda p, xb: functional_call(enc, p, (xb,)))(part("encoder."), x)
     y = torch.stack([apply_channel(m.channel, power_normalize(z[k]), m.snr_db, g)
                      for k, (m, g) in enumerate(zip(models, generators))])
-    return vmap(lambda p, yb: functional_call(dec, p, (yb,)))(_stack(models, "decoder."), y)
+    return vmap(lambda p, yb: functional_call(dec, p, (yb,)))(part("decoder."), y)
+
+
+FIT_KEYS = {"module", "optimizer", "images", "epochs", "batch_size", "seed", "device", "checkpoint", "key", "desc",
+            "on_epoch", "before_epoch"}  # fit's arguments that fit_cells takes (forward: the module's own)
 
 
 def _check(runs: list[dict]) -> None:
@@ -73,8 +110,11 @@ def _check(runs: list[dict]) -> None:
     first = runs[0]
     shapes = [(n, tuple(p.shape)) for n, p in first["module"].named_parameters()]
     for r in runs:
-        if not isinstance(r["module"], SCModel) or not isinstance(r["optimizer"], torch.optim.Adam):
-            raise TypeError("fit_cells trains SCModel modules with their torch.optim.Adam (full fine-tuning)")
+        if unknown := sorted(set(r) - FIT_KEYS):
+            raise TypeError(f"fit_cells: {r.get('desc')}: arguments {unknown} not supported (only {sorted(FIT_KEYS)})")
+        if not isinstance(r["module"], SCModel):
+            raise TypeError(f"fit_cells: {r['desc']}: trains SCModel modules (plain or carrying SAM), "
+                            f"not {type(r['module']).__name__}")
         if [(n, tuple(p.shape)) for n, p in r["module"].named_parameters()] != shapes:
             raise ValueError(f"fit_cells: {r['desc']} has other parameter shapes than {first['desc']}")
         for k in ("epochs", "batch_size", "device"):
@@ -89,10 +129,12 @@ def fit_cells(runs: list[dict], precision: str | None = None) -> list[list[dict]
     """``[fit(**r, forward=lambda x, g: r["module"](x, g)) for r in runs]``, trained in one stacked step.
 
     Each run is the keyword arguments of one ``pipeline.train.fit`` call less ``forward`` (the module's
-    own forward, Tx -> channel -> Rx, is what is trained): ``module`` (an ``SCModel``), ``optimizer``
-    (its ``torch.optim.Adam``), ``images``, ``epochs``, ``batch_size``, ``seed``, ``device``,
-    ``checkpoint``, ``key``, ``desc``. Epochs, batch size, device, the number of images and the model's
-    shapes must be equal across runs; seeds, images, learning rates and checkpoints are each run's own.
+    own forward, Tx -> channel -> Rx, is what is trained): ``module`` (an ``SCModel``, plain or carrying
+    SAM), ``optimizer`` (its own: Adam, or sam's optimizers; stepped as ``fit`` steps it), ``images``,
+    ``epochs``, ``batch_size``, ``seed``, ``device``, ``checkpoint``, ``key``, ``desc``, and optionally
+    ``on_epoch`` / ``before_epoch`` (called per run as ``fit`` calls them). Epochs, batch size, device, the
+    number of images and the model's shapes must be equal across runs; seeds, images, optimizers (their
+    learning rates), hooks and checkpoints are each run's own.
     Returns each run's history, as ``fit`` does; the modules are trained in place. Runs resumed from
     checkpoints at different epochs train in separate groups.
     """
@@ -114,10 +156,16 @@ def fit_cells(runs: list[dict], precision: str | None = None) -> list[list[dict]
     for start in sorted(set(starts)):
         group = [i for i, s in enumerate(starts) if s == start]
         for epoch in range(start, runs[0]["epochs"]):
+            for i in group:
+                if runs[i].get("before_epoch") is not None:
+                    runs[i]["before_epoch"](epoch)
             losses = _epoch([runs[i] for i in group], epoch, precision)
             for i, loss in zip(group, losses):
                 r = runs[i]
-                histories[i].append({"epoch": epoch + 1, "train_loss": loss})
+                row = {"epoch": epoch + 1, "train_loss": loss}
+                if r.get("on_epoch") is not None:
+                    row.update(r["on_epoch"](epoch + 1, loss))
+                histories[i].append(row)
                 _save_checkpoint(r["checkpoint"], {"key": r["key"], "precision": precision, "epoch": epoch + 1,
                                                    "module": r["module"].state_dict(),
                                                    "optimizer": r["optimizer"].state_dict(),
@@ -128,6 +176,7 @@ def fit_cells(runs: list[dict], precision: str | None = None) -> list[list[dict]
 def _epoch(runs: list[dict], epoch: int, precision: str) -> list[float]:
     """One epoch of every run (``train_one_epoch``'s draws per run), their mean train losses."""
     models = [r["module"].train() for r in runs]
+    template = plain_template(models[0])
     device, batch_size, n = runs[0]["device"], runs[0]["batch_size"], len(runs[0]["images"])
     gens = [epoch_generator(r["seed"], epoch, device) for r in runs]
     orders = [torch.randperm(n, generator=torch.Generator().manual_seed(r["seed"] * 1_000_003 + epoch)) for r in runs]
@@ -135,7 +184,7 @@ def _epoch(runs: list[dict], epoch: int, precision: str) -> list[float]:
     for i in range(0, n, batch_size):
         x = torch.stack([to_float(r["images"][o[i:i + batch_size]], device) for r, o in zip(runs, orders)])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = stacked_forward(models, x, gens)
+            out = stacked_forward(models, x, gens, template)
             losses = [nn.functional.mse_loss(out[k].float(), x[k]) for k in range(len(runs))]
         for r in runs:
             r["optimizer"].zero_grad(set_to_none=True)
@@ -191,3 +240,13 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict
     if a.keys() != b.keys():
         raise ValueError(f"state dicts differ in keys: {sorted(set(a) ^ set(b))}")
     return {n: float((a[n].float() - b[n].float()).abs().max()) if a[n].numel() else 0.0 for n in a}
+
+
+def train_sam_cells(ctxs: list[Context], domains: list[str], sparsities: list[float], outs: list, trackers: list,
+                    max_cells: int = 16, batch: bool | None = None) -> list[dict]:
+    """``sam.adapt(ctx, domain, sparsity, out, tracker)`` for every cell, their trainings batched where
+    ``use_batched`` says it pays (``batch``: as in ``train_tuning_cells``); cells of different sparsities
+    share a step (their scores and values have the weights' shapes whatever the budget)."""
+    from .methods import sam
+    return sam.adapt_cells(ctxs, domains, sparsities, outs, trackers,
+                           fit_all=lambda runs: fit_grouped(runs, max_cells, batch))
