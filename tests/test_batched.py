@@ -146,15 +146,18 @@ class _Tracker:
         self.logged = getattr(self, "logged", []) + [(prefix, history)]
 
 
-def synthetic_project(root):
-    """Tiny params, a seeded random width-4 "pretrained" model and random uint8 splits (what a tuning cell reads)."""
+def synthetic_project(root, **adapt):
+    """Tiny params (``adapt`` overriding its adapt block), a seeded random width-4 "pretrained" model and
+    random uint8 splits (what a tuning or sam cell reads)."""
     import numpy as np
 
     from pipeline import config, profile
     from pipeline.paths import Paths
     from pipeline.stages import write_npy
     from pipeline.train import build_model, save_model
-    params = config.parse(profile.shrink(profile.render("quick")))
+    raw = profile.shrink(profile.render("quick"))
+    raw["adapt"].update(adapt)
+    params = config.parse(raw)
     paths = Paths.of(params, root)
     torch.manual_seed(0)
     paths.pretrained.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +202,40 @@ def test_tuning_cells_batched_give_tunings_results(tmp_path, monkeypatch):
         for curve in ("curve", "retune_curve"):
             for x, y in zip(a["details"][curve], b["details"][curve], strict=True):
                 assert abs(x["train_loss"] - y["train_loss"]) <= 1e-5 * x["train_loss"]
+
+
+@pytest.mark.parametrize("score_optimizer", ["adam", "sgd"])
+def test_sam_cells_batched_give_sams_results(tmp_path, monkeypatch, score_optimizer):
+    """train_sam_cells (8 cells, two sparsities, in one stacked fit) against sam.adapt_cells one fit after
+    another: 2 epochs, the second with the mask frozen; every PSNR (stored SAM, per-epoch curve) within
+    0.01 dB, the same kept entries per layer and mask movement, losses within 1e-5 relative."""
+    from pipeline.methods import Context, sam
+    from pipeline.paths import Cell
+    params, paths = synthetic_project(tmp_path, epochs=2, freeze_epochs=1, score_optimizer=score_optimizer)
+    cells = [(d, s) for d in params.domains.names for s in (0.01, 0.1)]
+
+    def args(tag):
+        ck = [tmp_path / tag / "ck" / f"{d}-{s}" for d, s in cells]
+        outs = [Cell(tmp_path / tag, f"{d}-{s:g}", c) for (d, s), c in zip(cells, ck)]
+        outs[0].folder.mkdir(parents=True)
+        return ([Context(params, paths, CPU, checkpoints=c) for c in ck], [d for d, _ in cells], [s for _, s in cells],
+                outs, [_Tracker() for _ in cells])
+
+    stacked = []
+    monkeypatch.setattr(batched, "fit_cells", lambda runs, f=batched.fit_cells: stacked.append(len(runs)) or f(runs))
+    seq = sam.adapt_cells(*args("seq"))
+    bat = batched.train_sam_cells(*args("bat"), batch=True)
+    assert stacked == [8]
+    for a, b in zip(seq, bat, strict=True):
+        assert a.keys() == b.keys() and a["details"].keys() == b["details"].keys()
+        assert (a["domain"], a["sparsity"], a["memory_bytes"]) == (b["domain"], b["sparsity"], b["memory_bytes"])
+        assert a["details"]["kept_per_layer"] == b["details"]["kept_per_layer"]
+        assert abs(a["domain_psnr"] - b["domain_psnr"]) < 0.01 and abs(a["details"]["val_psnr"] - b["details"]["val_psnr"]) < 0.01
+        for key in ("mask_moved_fraction", "stored_mask_unseen_fraction"):
+            assert a["details"][key] == b["details"][key], key
+        for x, y in zip(a["details"]["curve"], b["details"]["curve"], strict=True):
+            assert abs(x["train_loss"] - y["train_loss"]) <= 1e-5 * x["train_loss"]
+            assert abs(x["domain_psnr"] - y["domain_psnr"]) < 0.01 and x["mask_changed"] == y["mask_changed"]
 
 
 # ------------------------------------------------------------------------------ benchmarks.batched
