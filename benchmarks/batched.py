@@ -5,7 +5,9 @@
    quick profile's model width; pretrained here for 2 epochs): the tuning cells of every domain through
    ``tuning.adapt_cells`` one fit after another and through ``pipeline.batched.train_tuning_cells`` (both
    trainings stacked, one step for all domains). Reported: the largest |difference| of every stored tensor
-   (tuned and re-tuned models) and of every metric of the cells' results, against the tolerances below.
+   (tuned and re-tuned models) and of every metric of the cells' results, against the tolerances below;
+   the same for sam cells (every domain at the quick profile's two sparsities in one stacked fit): the
+   stored masks, fp16 values and metrics.
 2. Determinism: the batched cells a second time give the same bytes (safetensors and results less
    wall times); no leak: one cell's images replaced, the other cells of its stacked fit keep every bit.
 3. Speed: cells/s of ``fit_cells`` against one ``fit`` per cell at K = 1, 4, 8, 16 (a cell: ``--steps``
@@ -156,6 +158,56 @@ def measure_equality(params, paths, folder: Path) -> dict:
             "deterministic": _digest(bat_f, bat_r) == _digest(again_f, again_r)}
 
 
+SAM_SPARSITIES = (0.001, 0.01)  # the quick profile's two
+
+
+def sam_cells(params, paths, folder: Path, how: str) -> tuple[list[dict], list]:
+    """Every domain x SAM_SPARSITIES sam cell, ``how`` = sequential | batched; the results and stored states."""
+    from pipeline.methods import Context, sam
+    from pipeline.paths import Cell
+    from pipeline.sam import load_sam
+    cells = [(d, g) for d in params.domains.names for g in SAM_SPARSITIES]
+    ck = [folder / "ck" / f"{d}-{g:g}" for d, g in cells]
+    outs = [Cell(folder, f"{d}-{g:g}", c) for (d, g), c in zip(cells, ck)]
+    folder.mkdir(parents=True)
+    ctxs = [Context(params, paths, torch.device("cpu"), checkpoints=c) for c in ck]
+    args = (ctxs, [d for d, _ in cells], [g for _, g in cells], outs, [_Tracker() for _ in cells])
+    results = batched.train_sam_cells(*args, batch=True) if how == "batched" else sam.adapt_cells(*args)
+    return results, [load_sam(o.artifact(), ctxs[0].pretrained()) for o in outs]
+
+
+def _sam_numbers(result: dict) -> dict[str, float]:
+    d = result["details"]
+    out = {"domain_psnr": result["domain_psnr"], "memory_bytes": float(result["memory_bytes"]),
+           "val_psnr": d["val_psnr"], "kept_total": float(d["kept_total"]),
+           "mask_moved_fraction": d["mask_moved_fraction"]}
+    for h in d["curve"]:
+        out.update({f"curve[{h['epoch']}].{k}": float(v) for k, v in h.items() if k != "epoch"})
+    return out
+
+
+def measure_sam_equality(params, paths, folder: Path) -> dict:
+    seq_r, seq_s = sam_cells(params, paths, folder / "seq", "sequential")
+    bat_r, bat_s = sam_cells(params, paths, folder / "bat", "batched")
+    layers = same = 0
+    values = 0.0
+    for a, b in zip(seq_s, bat_s, strict=True):
+        for n in a.indices:
+            layers += 1
+            if torch.equal(a.indices[n], b.indices[n]):
+                same += 1
+                if len(a.values[n]):
+                    values = max(values, float((a.values[n].float() - b.values[n].float()).abs().max()))
+    per_metric: dict[str, float] = {}
+    for a, b in zip(seq_r, bat_r, strict=True):
+        na, nb = _sam_numbers(a), _sam_numbers(b)
+        for k in na:
+            name = k.split("[")[0] + (k.split("]")[1] if "]" in k else "")
+            gap = abs(na[k] - nb[k]) / (abs(na[k]) if "loss" in k else 1.0)
+            per_metric[name] = max(per_metric.get(name, 0.0), gap)
+    return {"cells": len(seq_r), "layers": layers, "same_indices": same, "values": values, "per_metric": per_metric}
+
+
 def measure_leak(params, paths, folder: Path, k: int = 4) -> dict:
     """``k`` stacked fits of the pretrained model on the domains' images, then the same with cell 1's images
     replaced by base images (and its lr raised tenfold): the other cells must keep every bit."""
@@ -281,7 +333,33 @@ def equality_rows(eq: dict, leak: dict) -> list[Row]:
     ]
 
 
-def section(rows: list[Row], info: dict[str, str], eq: dict | None, notes: list[str]) -> str:
+def sam_rows(eq: dict) -> list[Row]:
+    pm = eq["per_metric"]
+    psnr = {k: v for k, v in pm.items() if "psnr" in k}
+    worst = max(psnr, key=psnr.get)
+    loss = max(v for k, v in pm.items() if "loss" in k)
+    exact = {k: pm[k] for k in pm if k in ("memory_bytes", "kept_total", "mask_moved_fraction", "curve.mask_moved",
+                                           "curve.mask_changed")}
+    masks_ok = eq["same_indices"] == eq["layers"] and not any(exact.values())
+    n = eq["cells"]
+    return [
+        Row(f"Batched sam cells = one fit after another: stored masks and values ({n} cells, sparsities "
+            f"{', '.join(f'{g:g}' for g in SAM_SPARSITIES)}, one stacked fit)",
+            f"indices identical in {eq['same_indices']}/{eq['layers']} layers; fp16 values largest |Δ| "
+            f"{eq['values']:.2e}; kept entries, memory bytes and mask movement "
+            f"{'equal' if not any(exact.values()) else 'DIFFER'}", "same masks", "—", "PASS" if masks_ok else "FAIL",
+            {"batched_sam_same_mask_layers": float(eq["same_indices"]), "batched_sam_max_value_diff": eq["values"]}),
+        Row(f"Batched sam cells = one fit after another: PSNR metrics ({', '.join(sorted(psnr))})",
+            f"largest |Δ| {psnr[worst]:.2e} dB ({worst})", f"≤ {PSNR_TOL_DB:g} dB",
+            f"{psnr[worst] / PSNR_TOL_DB:.3f} of goal", "PASS" if psnr[worst] <= PSNR_TOL_DB else "FAIL",
+            {"batched_sam_max_psnr_diff_db": psnr[worst]}),
+        Row("Batched sam cells = one fit after another: train losses (every epoch), relative",
+            f"largest |Δ|/loss {loss:.2e}", f"≤ {LOSS_TOL_REL:g}", f"{loss / LOSS_TOL_REL:.3f} of goal",
+            "PASS" if loss <= LOSS_TOL_REL else "FAIL", {"batched_sam_max_loss_rel_diff": loss}),
+    ]
+
+
+def section(rows: list[Row], info: dict[str, str], eq: dict | None, notes: list[str], sam: dict | None = None) -> str:
     lines = [BEGIN, "## Batched cells: K cells in one stacked step against one fit after another", "",
              "Written by `python -m benchmarks.batched` (module docstring: what runs).", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
@@ -297,6 +375,9 @@ def section(rows: list[Row], info: dict[str, str], eq: dict | None, notes: list[
                         right=["tuned", "re-tuned"]),
                   "", "Largest |Δ| per metric over the cells (train losses relative):", "",
                   table(["Metric", "max |Δ|"], [(k, f"{v:.2e}") for k, v in eq["per_metric"].items()], right=["max |Δ|"])]
+    if sam is not None:
+        lines += ["", "Largest |Δ| per metric of the sam cells (train losses relative):", "",
+                  table(["Metric", "max |Δ|"], [(k, f"{v:.2e}") for k, v in sam["per_metric"].items()], right=["max |Δ|"])]
     return "\n".join(lines + ["", END]) + "\n"
 
 
@@ -327,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             params, paths = small_project(Path(tmp) / "project", 4 if a.tiny else quick.model.width, threads[0], a.tiny)
             eq = measure_equality(params, paths, Path(tmp) / "equality")
             leak = measure_leak(params, paths, Path(tmp) / "leak")
-        rows += equality_rows(eq, leak)
+            sam_eq = measure_sam_equality(params, paths, Path(tmp) / "sam")
+        rows += equality_rows(eq, leak) + sam_rows(sam_eq)
         found = {}
         for t in threads:
             with cpu_runtime(t):
@@ -343,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     info["equality project"] = (f"builtin photos, {len(params.domains.names)} domains × {params.domains.n_train} "
                                 f"training images, width {params.model.width}, batch {params.train.batch_size}, "
                                 f"adapt.epochs {params.adapt.epochs}, tuning.retune_epochs "
-                                f"{params.tuning.retune_epochs}, pretrained 2 epochs on {params.data.n_pretrain} images; "
+                                f"{params.tuning.retune_epochs} (sam: sparsities {list(SAM_SPARSITIES)}, the "
+                                f"quick profile's recipe), pretrained 2 epochs on {params.data.n_pretrain} images; "
                                 f"{threads[0]} thread(s), deterministic algorithms")
     info["speed settings"] = (f"K {list(ks)}, {repeats} repeats, {steps} steps of batch {batch} per cell, width {width}, "
                               f"threads {threads}; the pipeline's CPU_CROSSOVER = {batched.CPU_CROSSOVER}")
@@ -352,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
              "runs as one grouped convolution (vmap's batching rule), which sums in another order than K single "
              "convolutions; Adam then carries the difference on. Each cell's data order, noise generator, loss, "
              "optimizer and checkpoint are its own, so a cell's bits do not depend on the other cells of its batch."]
-    upsert_section(a.out, section(rows, info, eq, notes), BEGIN, END)
+    upsert_section(a.out, section(rows, info, eq, notes, sam_eq), BEGIN, END)
     for r in rows:
         print(f"{r.status:5} {r.name}: {r.measured} ({r.ratio})", flush=True)
     print(f"written: {a.out}", flush=True)

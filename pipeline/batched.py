@@ -96,8 +96,9 @@ def stacked_forward(models: list[SCModel], x: torch.Tensor, generators: list[tor
     part = lambda prefix: {n[len(prefix):]: v for n, v in stacked.items() if n.startswith(prefix)}
     enc, dec = template.encoder, template.decoder
     z = vmap(lambda p, xb: functional_call(enc, p, (xb,)))(part("encoder."), x)
-    y = torch.stack([apply_channel(m.channel, power_normalize(z[k]), m.snr_db, g)
-                     for k, (m, g) in enumerate(zip(models, generators))])
+    # unbind, not z[k]: one backward op for all slices (indexing's backward zero-fills the whole tensor per k)
+    y = torch.stack([apply_channel(m.channel, power_normalize(zk), m.snr_db, g)
+                     for zk, m, g in zip(z.unbind(0), models, generators, strict=True)])
     return vmap(lambda p, yb: functional_call(dec, p, (yb,)))(part("decoder."), y)
 
 
@@ -185,7 +186,7 @@ def _epoch(runs: list[dict], epoch: int, precision: str) -> list[float]:
         x = torch.stack([to_float(r["images"][o[i:i + batch_size]], device) for r, o in zip(runs, orders)])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = stacked_forward(models, x, gens, template)
-            losses = [nn.functional.mse_loss(out[k].float(), x[k]) for k in range(len(runs))]
+            losses = [nn.functional.mse_loss(o.float(), xk) for o, xk in zip(out.unbind(0), x.unbind(0))]
         for r in runs:
             r["optimizer"].zero_grad(set_to_none=True)
         torch.stack(losses).sum().backward()
