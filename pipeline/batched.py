@@ -37,19 +37,22 @@ from .train import _load_checkpoint, _save_checkpoint, epoch_generator, to_float
 if TYPE_CHECKING:
     from .methods import Context
 
-# Where batching pays: on CUDA from 2 cells; on the CPU from CPU_CROSSOVER cells, the smallest K at which
-# the measured median batched/sequential cells/s ratio exceeded 1 (``python -m benchmarks.batched``,
-# reports/benchmarks.md, section "Batched cells").
-CPU_CROSSOVER: int | None = 4
+# Where batching pays: on CUDA from 2 cells; on the CPU from CPU_CROSSOVER[threads] cells at that many torch
+# threads, the smallest K from which the measured median batched/sequential cells/s ratio stayed above 1
+# (``python -m benchmarks.batched``, reports/benchmarks.md, section "Batched cells"); None, or a thread
+# count not measured: never on the CPU.
+CPU_CROSSOVER: dict[int, int | None] = {1: None, 2: None}
 
 
-def use_batched(device: torch.device | str, k: int) -> bool:
-    """Whether K cells of one shape should train in one stacked step on ``device``."""
+def use_batched(device: torch.device | str, k: int, threads: int | None = None) -> bool:
+    """Whether K cells of one shape should train in one stacked step on ``device`` (``threads``: the torch
+    threads they would run on; None: this process's)."""
     if k < 2:
         return False
     if torch.device(device).type == "cuda":
         return True
-    return CPU_CROSSOVER is not None and k >= CPU_CROSSOVER
+    crossover = CPU_CROSSOVER.get(threads or torch.get_num_threads())
+    return crossover is not None and k >= crossover
 
 
 def link_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

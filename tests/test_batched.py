@@ -131,14 +131,12 @@ def test_unequal_cells_are_refused_in_one_line(tmp_path):
     assert [len(g) for g in batched.groups(rs)] == [2, 1]
 
 
-def test_use_batched_batches_on_cuda_from_two_cells_and_on_the_cpu_from_the_crossover():
+def test_use_batched_batches_on_cuda_from_two_cells_and_on_the_cpu_from_the_measured_crossover(monkeypatch):
     assert not batched.use_batched("cuda", 1) and batched.use_batched("cuda", 2)
-    assert not batched.use_batched("cpu", 1)
-    c = batched.CPU_CROSSOVER
-    if c is None:
-        assert not batched.use_batched("cpu", 64)
-    else:
-        assert batched.use_batched("cpu", c) and not batched.use_batched("cpu", c - 1)
+    monkeypatch.setattr(batched, "CPU_CROSSOVER", {1: None, 2: 8})
+    assert not batched.use_batched("cpu", 1, threads=2) and not batched.use_batched("cpu", 7, threads=2)
+    assert batched.use_batched("cpu", 8, threads=2) and batched.use_batched("cpu", 16, threads=2)
+    assert not batched.use_batched("cpu", 64, threads=1) and not batched.use_batched("cpu", 64, threads=4)
 
 
 class _Tracker:
@@ -186,7 +184,7 @@ def test_tuning_cells_batched_give_tunings_results(tmp_path, monkeypatch):
         outs[0].folder.mkdir(parents=True)
         return [Context(params, paths, CPU, checkpoints=c) for c in ck], domains, outs, [_Tracker() for _ in domains]
 
-    monkeypatch.setattr(batched, "CPU_CROSSOVER", 2)
+    monkeypatch.setattr(batched, "CPU_CROSSOVER", {1: 2})
     stacked = []
     monkeypatch.setattr(batched, "fit_cells", lambda runs, f=batched.fit_cells: stacked.append(len(runs)) or f(runs))
     seq = tuning.adapt_cells(*cells("seq"))
