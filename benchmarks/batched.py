@@ -74,7 +74,10 @@ def small_project(root: Path, width: int, threads: int, tiny: bool = False) -> t
     from pipeline.stages.pretrain import train_base
     from pipeline.train import save_model
     raw = profile.shrink(profile.render("quick"))
-    if not tiny:
+    if tiny:
+        raw["domains"]["names"] = raw["domains"]["names"][:2]
+        raw["ablate"]["domains"] = raw["domains"]["names"][:1]
+    else:
         raw["data"].update({"n_pretrain": 256, "n_base_test": 64})
         raw["domains"].update({"n_train": 96, "n_val": 32, "n_test": 64})
         raw["train"]["batch_size"] = 32
