@@ -7,19 +7,23 @@ the encoder and decoder run once for all K through ``torch.func.vmap`` of ``func
 turns a convolution whose weight carries a batch dimension into one grouped convolution over the K
 cells. Everything else of a cell stays its own and is exactly what its ``fit`` does: its images and
 shuffle order (``(seed, epoch)``), its noise generator (the channel is applied to each cell's slice by
-``pipeline.model.apply_channel`` itself), its loss (``mse_loss`` of its slice), its ``torch.optim.Adam``
-(its own lr and state, stepped on its own model's parameters), its per-epoch checkpoint in ``fit``'s
-format (so a run resumes by either path), its history.
+``pipeline.model.apply_channel`` itself), its loss (``mse_loss`` of its slice), its optimizer (its own
+Adam, or sam's score and value optimizers, with its own learning rates and state, stepped on its own
+model's parameters), its ``on_epoch`` / ``before_epoch`` hooks, its per-epoch checkpoint in ``fit``'s
+format (so a run resumes by either path), its history. A model carrying SAM enters through each wrapped
+layer's ``effective_weight()`` (``link_tensors``), computed per cell outside vmap, so SAM's straight-through
+``autograd.Function`` needs no vmap rule and its mask is SAMLayer's own.
 
 torch.func rather than hand-written grouped convolutions: the vmap batching rules of conv2d,
 conv_transpose2d, PReLU and GDN's convolution are torch's own and kept by torch, the model's modules run
 unchanged (``functional_call``), and gradients come from ordinary autograd.
 
 Equal to one ``fit`` after another up to floating-point rounding, not bit for bit: a grouped convolution
-sums in another order than K single ones (``tests/test_batched.py`` bounds the difference; the measured
-sizes are in ``reports/benchmarks.md``, section "Batched cells"). Deterministic: the same inputs give
-the same bytes, and a cell's result does not depend on the other cells of its batch beyond that rounding
-(each cell's gradient is computed from its own slice only).
+sums in another order than K single ones (``tests/test_batched.py`` bounds the difference in fp32; the
+measured sizes are in ``reports/benchmarks.md``, section "Batched cells"; in bf16 the gap is bf16's
+rounding, carried on by Adam). Deterministic: the same inputs give the same bytes, and a cell's bits do
+not depend on the other cells of its batch (tested: one cell's data and lr changed, the others keep
+every bit).
 """
 from __future__ import annotations
 
@@ -30,8 +34,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .model import SCModel, apply_channel, power_normalize
 from . import train
+from .model import SCModel, apply_channel, power_normalize
 from .train import _load_checkpoint, _save_checkpoint, epoch_generator, to_float
 
 if TYPE_CHECKING:
