@@ -33,10 +33,11 @@ def images(k: int, n: int = N) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(100 + k))
 
 
-def runs(tmp_path, tag: str, data=None, lrs=(1e-3, 3e-3, 1e-2), epochs: int = EPOCHS, channel: str = "awgn"):
+def runs(tmp_path, tag: str, data=None, lrs=(1e-3, 3e-3, 1e-2), epochs: int = EPOCHS, channel: str = "awgn",
+         norm: str = "none"):
     """K cells of one width-4 model: each its own images, seed, lr and checkpoint."""
     torch.manual_seed(0)
-    base = SCModel(width=4, channel=channel)
+    base = SCModel(width=4, channel=channel, norm=norm)
     out = []
     for k in range(K):
         m = copy.deepcopy(base)
@@ -54,9 +55,9 @@ def states(rs):
     return [{n: t.clone() for n, t in r["module"].state_dict().items()} for r in rs]
 
 
-@pytest.mark.parametrize("channel", ["awgn", "rayleigh"])
-def test_a_stacked_step_equals_one_fit_per_cell_within_rounding(tmp_path, channel):
-    one, many = runs(tmp_path, "one", channel=channel), runs(tmp_path, "many", channel=channel)
+@pytest.mark.parametrize("channel,norm", [("awgn", "none"), ("rayleigh", "none"), ("awgn", "gdn")])
+def test_a_stacked_step_equals_one_fit_per_cell_within_rounding(tmp_path, channel, norm):
+    one, many = runs(tmp_path, "one", channel=channel, norm=norm), runs(tmp_path, "many", channel=channel, norm=norm)
     h_one, h_many = sequential(one), batched.fit_cells(many)
     for k in range(K):
         diff = batched.max_abs_diff(one[k]["module"].state_dict(), many[k]["module"].state_dict())
