@@ -132,6 +132,12 @@ def _numbers(result: dict) -> dict[str, float]:
     return out
 
 
+def _metric_name(key: str) -> str:
+    """A metric's name over the epochs of its curve: ``curve[2].train_loss`` -> ``curve.train_loss``."""
+    head, _, rest = key.partition("[")
+    return head + rest.partition("]")[2] if rest else head
+
+
 def _digest(files: dict[str, dict], results: list[dict]) -> str:
     h = hashlib.sha256()
     for name, tensors in files.items():
@@ -154,9 +160,9 @@ def measure_equality(params, paths, folder: Path) -> dict:
     for a, b in zip(seq_r, bat_r, strict=True):
         na, nb = _numbers(a), _numbers(b)
         for k in na:
+            name = _metric_name(k)
             gap = abs(na[k] - nb[k]) / (abs(na[k]) if "loss" in k else 1.0)
-            per_metric[k.split("[")[0] + (".train_loss" if "loss" in k else "")] = max(
-                per_metric.get(k.split("[")[0] + (".train_loss" if "loss" in k else ""), 0.0), gap)
+            per_metric[name] = max(per_metric.get(name, 0.0), gap)
     return {"per_tensor": per_tensor, "per_metric": per_metric, "cells": len(seq_r),
             "deterministic": _digest(bat_f, bat_r) == _digest(again_f, again_r)}
 
@@ -205,7 +211,7 @@ def measure_sam_equality(params, paths, folder: Path) -> dict:
     for a, b in zip(seq_r, bat_r, strict=True):
         na, nb = _sam_numbers(a), _sam_numbers(b)
         for k in na:
-            name = k.split("[")[0] + (k.split("]")[1] if "]" in k else "")
+            name = _metric_name(k)
             gap = abs(na[k] - nb[k]) / (abs(na[k]) if "loss" in k else 1.0)
             per_metric[name] = max(per_metric.get(name, 0.0), gap)
     return {"cells": len(seq_r), "layers": layers, "same_indices": same, "values": values, "per_metric": per_metric}
