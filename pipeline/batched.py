@@ -44,8 +44,10 @@ if TYPE_CHECKING:
 # Where batching pays: on CUDA from 2 cells; on the CPU from CPU_CROSSOVER[threads] cells at that many torch
 # threads, the smallest K from which the measured median batched/sequential cells/s ratio stayed above 1
 # (``python -m benchmarks.batched``, reports/benchmarks.md, section "Batched cells"); None, or a thread
-# count not measured: never on the CPU.
-CPU_CROSSOVER: dict[int, int | None] = {1: None, 2: None}
+# count not measured: never on the CPU. Measured on a 2-core AMD EPYC (AVX-512, loaded: load average 5-8):
+# at 1 thread batched was 0.81-0.87x at every K (a grouped convolution runs slower on one core than its K
+# convolutions); at 2 threads 1.19x at K = 4, 3.2x at 8, 1.33x at 16 (noisy: K = 1 itself read 1.10x).
+CPU_CROSSOVER: dict[int, int | None] = {1: None, 2: 4}
 
 
 def use_batched(device: torch.device | str, k: int, threads: int | None = None) -> bool:
