@@ -8,6 +8,8 @@
    of ``RAY_ADDRESS``; with ``--executor local`` or without Ray installed, the same cells one after
    another (the row says which).
 3. The benchmark's GPU rows (``benchmarks.rows.gpu_rows``).
+4. Batched cells (``pipeline.batched``): K cells in one stacked step against one ``fit`` after another,
+   cells/s at K = 1, 4, 8, 16, 32 and the crossover (``benchmarks.batched.gpu_rows``).
 
 The rows go into ``reports/benchmarks.md`` (``--out``) as one section naming the GPU, replaced on
 the next run and leaving the CPU report around it untouched. Without CUDA it prints one line and
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         gpu, note = gpu_rows(here, s, Path(tmp), sorted({max(here.adapt.sparsities), min(here.adapt.sparsities)},
                                                         reverse=True), device=args.device)
         rows += gpu
+        from .batched import gpu_rows as batched_rows  # benchmarks.batched imports upsert_section from here
+        rows += batched_rows(torch.device(device), args.tiny, Path(tmp) / "batched")
     info = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "gpu": name,
             "cuda": str(torch.version.cuda), "torch": torch.__version__, "python": platform.python_version(),
             "cpu_count": str(os.cpu_count()), "wall_time": f"{time.perf_counter() - start:.0f} s"}

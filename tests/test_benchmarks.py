@@ -252,6 +252,8 @@ def test_gpu_script_code_path_on_the_cpu(tmp_path, monkeypatch):
     assert pre[0].startswith("GPU paper-profile pretraining, 2 epochs") and "base test PSNR" in pre[1]
     assert sweep[0].startswith("GPU sweep: 2 sam adapt cells") and "2/2 cells done" in sweep[1] and sweep[4] == "INFO"
     assert table[3][0] == "GPU stub"
+    assert [r[0].split(" (")[0] for r in table[4:7]] == [f"GPU Batched / sequential cells/s, K={k}" for k in (1, 2)] + [
+        "GPU crossover on cpu: smallest K from which batching pays"]
     assert (tmp_path / "work" / "build" / "builtin-paper" / "adapt" / "sam").is_dir()
 
 

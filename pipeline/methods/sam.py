@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -93,17 +94,10 @@ def make_optimizer(adapt, scores, values, train_scores: bool = True):
     return _Optimizers(torch.optim.SGD(scores, lr=adapt.score_lr), torch.optim.Adam(groups))
 
 
-def train_sam(ctx: Context, domain: str, sparsity: float, *, allocation: str, mask: str = "score",
-              tracker=None, tag: str | None = None) -> dict:
-    """Adapt a fresh copy of the pretrained model to ``domain`` with a SAM; returns the model and
-    what was measured. ``mask``: score-based (the paper's), or a fixed random / Fisher mask.
-
-    The recipe is ``ctx.params.adapt``: the values' gradient (``value_grad``), the scores' optimizer
-    (``score_optimizer``, ``score_lr``) and ``freeze_epochs``: the last N epochs keep the scores (hence the
-    mask) fixed, so the stored top-k is the mask its values were trained with. ``stored_mask_unseen``: the
-    fraction of the stored mask's entries outside the mask of the last training forward pass (0: the
-    stored mask was used with its values; None: no epoch trained here, e.g. a completed checkpoint).
-    """
+def sam_run(ctx: Context, domain: str, sparsity: float, *, allocation: str, mask: str = "score",
+            tag: str | None = None) -> tuple[dict, Callable[[list[dict], float], dict]]:
+    """The keyword arguments of the ``fit`` call that trains a SAM on a fresh copy of the pretrained model
+    (less ``forward``, the model's own), and ``finish(history, seconds)`` -> ``train_sam``'s result."""
     p = ctx.params
     model = ctx.pretrained()
     base_fp = base_fingerprint(model)
@@ -133,20 +127,61 @@ def train_sam(ctx: Context, domain: str, sparsity: float, *, allocation: str, ma
     tag = tag or cell_name(domain, sparsity)
     key = fingerprint(NAME, tag, allocation, mask, base_fp, data_fingerprint(train_x, test_x),
                       p.model_dump(include={"adapt", "train", "model", "evaluate"}))
+    run = dict(module=model, optimizer=opt, images=train_x, epochs=p.adapt.epochs, batch_size=p.train.batch_size,
+               seed=p.adapt.seed, device=ctx.device, checkpoint=ctx.checkpoint(tag), key=key, desc=f"sam {tag}",
+               on_epoch=on_epoch, before_epoch=before_epoch)
+
+    def finish(history: list[dict], seconds: float) -> dict:
+        return {"model": model, "base_fingerprint": base_fp, "history": history, "mask_moved": _moved(model, initial),
+                "stored_mask_unseen": _unseen(model), "seconds": seconds}
+    return run, finish
+
+
+def train_sam(ctx: Context, domain: str, sparsity: float, *, allocation: str, mask: str = "score",
+              tracker=None, tag: str | None = None) -> dict:
+    """Adapt a fresh copy of the pretrained model to ``domain`` with a SAM; returns the model and
+    what was measured. ``mask``: score-based (the paper's), or a fixed random / Fisher mask.
+
+    The recipe is ``ctx.params.adapt``: the values' gradient (``value_grad``), the scores' optimizer
+    (``score_optimizer``, ``score_lr``) and ``freeze_epochs``: the last N epochs keep the scores (hence the
+    mask) fixed, so the stored top-k is the mask its values were trained with. ``stored_mask_unseen``: the
+    fraction of the stored mask's entries outside the mask of the last training forward pass (0: the
+    stored mask was used with its values; None: no epoch trained here, e.g. a completed checkpoint).
+    """
+    run, finish = sam_run(ctx, domain, sparsity, allocation=allocation, mask=mask, tag=tag)
     start = time.perf_counter()
-    history = fit(model, opt, train_x, lambda x, g: model(x, g), epochs=p.adapt.epochs,
-                  batch_size=p.train.batch_size, seed=p.adapt.seed, device=ctx.device,
-                  checkpoint=ctx.checkpoint(tag), key=key, desc=f"sam {tag}", on_epoch=on_epoch,
-                  before_epoch=before_epoch)
+    history = fit(**run, forward=run["module"])
     if tracker is not None:
         tracker.log_history(history)
-    return {"model": model, "base_fingerprint": base_fp, "history": history, "mask_moved": _moved(model, initial),
-            "stored_mask_unseen": _unseen(model), "seconds": time.perf_counter() - start}
+    return finish(history, time.perf_counter() - start)
 
 
 def adapt(ctx: Context, domain: str, sparsity: float, out, tracker) -> dict:
+    return adapt_cells([ctx], [domain], [sparsity], [out], [tracker])[0]
+
+
+def adapt_cells(ctxs: list[Context], domains: list[str], sparsities: list[float], outs: list, trackers: list,
+                fit_all: Callable[[list[dict]], list[list[dict]]] | None = None) -> list[dict]:
+    """``adapt`` of several cells, their trainings done by ``fit_all`` (a list of ``fit`` calls' arguments ->
+    their histories; default one ``fit`` after another); ``train_seconds`` is each cell's share of the time."""
+    if fit_all is None:
+        fit_all = lambda runs: [fit(**r, forward=r["module"]) for r in runs]
+    made = [sam_run(ctx, d, s, allocation=ctx.params.adapt.allocation)
+            for ctx, d, s in zip(ctxs, domains, sparsities, strict=True)]
+    start = time.perf_counter()
+    histories = fit_all([run for run, _ in made])
+    seconds = (time.perf_counter() - start) / len(made)
+    results = []
+    for (_, finish), history, ctx, d, s, out, tracker in zip(made, histories, ctxs, domains, sparsities, outs, trackers,
+                                                             strict=True):
+        tracker.log_history(history)
+        results.append(_stored_result(ctx, d, s, finish(history, seconds), out))
+    return results
+
+
+def _stored_result(ctx: Context, domain: str, sparsity: float, trained: dict, out) -> dict:
+    """Store the trained SAM at ``out`` and measure what was stored: the cell's result."""
     p = ctx.params
-    trained = train_sam(ctx, domain, sparsity, allocation=p.adapt.allocation, tracker=tracker)
     path = out.artifact()
     save_sam(path, sam_state(trained["model"]), sparsity=sparsity, allocation=p.adapt.allocation,
              base_fingerprint=trained["base_fingerprint"], extra_meta={"domain": domain})

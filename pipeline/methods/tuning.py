@@ -8,6 +8,7 @@ reference.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from pydantic import Field
@@ -43,43 +44,68 @@ def copy_bytes(model: torch.nn.Module) -> int:
     return tensor_bytes(model.state_dict().values())
 
 
-def finetune(ctx: Context, model, images, epochs: int, tag: str, key_parts) -> list[dict]:
-    """Adam on every weight, MSE through the channel; checkpointed like every training loop."""
+def finetune_run(ctx: Context, model, images, epochs: int, tag: str, key_parts) -> dict:
+    """The keyword arguments of the ``fit`` call that fine-tunes ``model`` (less ``forward``, the model's
+    own): Adam on every weight, MSE through the channel, checkpointed like every training loop."""
     p = ctx.params
     opt = torch.optim.Adam(model.parameters(), lr=p.tuning.lr)
     key = fingerprint(NAME, tag, key_parts, base_fingerprint(model), data_fingerprint(images),
                       p.model_dump(include={"adapt", "tuning", "train", "model", "domains"}))
-    return fit(model, opt, images, lambda x, g: model(x, g), epochs=epochs, batch_size=p.train.batch_size,
-               seed=p.adapt.seed, device=ctx.device, checkpoint=ctx.checkpoint(tag),
-               key=key, desc=f"tuning {tag}")
+    return dict(module=model, optimizer=opt, images=images, epochs=epochs, batch_size=p.train.batch_size,
+                seed=p.adapt.seed, device=ctx.device, checkpoint=ctx.checkpoint(tag), key=key, desc=f"tuning {tag}")
+
+
+def fit_each(runs: list[dict]) -> list[list[dict]]:
+    """One ``fit`` after another (``pipeline.batched.fit_grouped`` trains the same runs in stacked steps)."""
+    return [fit(**r, forward=r["module"]) for r in runs]
+
+
+def finetune(ctx: Context, model, images, epochs: int, tag: str, key_parts) -> list[dict]:
+    return fit_each([finetune_run(ctx, model, images, epochs, tag, key_parts)])[0]
 
 
 def adapt(ctx: Context, domain: str, sparsity: None, out, tracker) -> dict:
-    p = ctx.params
-    test_x = ctx.split(f"{domain}_test")
-    model = ctx.pretrained().requires_grad_(True)
+    return adapt_cells([ctx], [domain], [out], [tracker])[0]
+
+
+def adapt_cells(ctxs: list[Context], domains: list[str], outs: list, trackers: list,
+                fit_all: Callable[[list[dict]], list[list[dict]]] = fit_each) -> list[dict]:
+    """``adapt`` of several cells, their two trainings each done by ``fit_all`` (a list of ``fit`` calls'
+    arguments -> their histories); ``train_seconds`` is each cell's share of the time."""
+    cells = list(zip(ctxs, domains, outs, strict=True))
+    models = [ctx.pretrained().requires_grad_(True) for ctx in ctxs]
     start = time.perf_counter()
-    curve = finetune(ctx, model, ctx.split(f"{domain}_train"), p.adapt.epochs, domain, domain)
-    save_model(model.cpu(), out.artifact(), {"method": NAME, "domain": domain})
-    model.to(ctx.device).eval()
-    local = ctx.psnr(ctx.self_link(model), test_x)
-    val = ctx.psnr(ctx.self_link(model), ctx.split(f"{domain}_val"))
+    curves = fit_all([finetune_run(ctx, m, ctx.split(f"{d}_train"), ctx.params.adapt.epochs, d, d)
+                      for (ctx, d, _), m in zip(cells, models)])
+    local, val = [], []
+    for (ctx, d, out), model in zip(cells, models):
+        save_model(model.cpu(), out.artifact(), {"method": NAME, "domain": d})
+        model.to(ctx.device).eval()
+        local.append(ctx.psnr(ctx.self_link(model), ctx.split(f"{d}_test")))
+        val.append(ctx.psnr(ctx.self_link(model), ctx.split(f"{d}_val")))
+        model.train()
     # Way back (a): fine-tune on as many base images as the domain had.
-    retune_x = ctx.split("base_train")[:p.domains.n_train]
-    model.train()
-    retune_curve = finetune(ctx, model, retune_x, p.tuning.retune_epochs, f"{domain}-retune", domain)
-    save_model(model.cpu(), out.artifact(RETUNED), {"method": NAME, "domain": domain})
-    model.to(ctx.device).eval()
-    after = ctx.psnr(ctx.self_link(model), test_x)
-    seconds = time.perf_counter() - start
-    tracker.log_history(curve)
-    tracker.log_history(retune_curve, prefix="retune_")
-    base = ctx.pretrained()
-    nbytes = copy_bytes(base)
-    return {"method": NAME, "domain": domain, "sparsity": None, "domain_psnr": local,
-            "memory_bytes": nbytes, "memory_cost_pct": memory_cost_pct(nbytes, fp32_bytes(base)),
-            "details": {"val_psnr": val, "domain_psnr_after_retune": after, "forgetting_db": local - after,
-                        "train_seconds": seconds, "curve": curve, "retune_curve": retune_curve}}
+    retune_curves = fit_all([finetune_run(ctx, m, ctx.split("base_train")[:ctx.params.domains.n_train],
+                                          ctx.params.tuning.retune_epochs, f"{d}-retune", d)
+                             for (ctx, d, _), m in zip(cells, models)])
+    after = []
+    for (ctx, d, out), model in zip(cells, models):
+        save_model(model.cpu(), out.artifact(RETUNED), {"method": NAME, "domain": d})
+        model.to(ctx.device).eval()
+        after.append(ctx.psnr(ctx.self_link(model), ctx.split(f"{d}_test")))
+    seconds = (time.perf_counter() - start) / len(cells)
+    results = []
+    for i, ((ctx, d, _), tracker) in enumerate(zip(cells, trackers, strict=True)):
+        tracker.log_history(curves[i])
+        tracker.log_history(retune_curves[i], prefix="retune_")
+        base = ctx.pretrained()
+        nbytes = copy_bytes(base)
+        results.append({"method": NAME, "domain": d, "sparsity": None, "domain_psnr": local[i],
+                        "memory_bytes": nbytes, "memory_cost_pct": memory_cost_pct(nbytes, fp32_bytes(base)),
+                        "details": {"val_psnr": val[i], "domain_psnr_after_retune": after[i],
+                                    "forgetting_db": local[i] - after[i], "train_seconds": seconds,
+                                    "curve": curves[i], "retune_curve": retune_curves[i]}})
+    return results
 
 
 def tuned_models(ctx: Context, retuned: bool = False) -> dict:
