@@ -141,7 +141,7 @@ def compute(task: Task) -> dict:
     ctx = Context(params, paths, rt.pop("device_obj"), checkpoints=out.checkpoints, trial=task.trial,
                   chosen={m: dict(c) for m, c in task.chosen})
     torch.manual_seed(params.adapt.seed)
-    with Tracker(params, paths, "adapt", f"{task.method} {out.name}") as tracker:
+    with Tracker(params, paths, "adapt", f"{task.method} {out.name}", closes_parent=False) as tracker:
         tracker.set_tags({**rt, "method": task.method, "domain": task.domain, "sparsity": str(task.sparsity),
                           "seed": str(task.trial.seed), "grid_point": str(task.trial.point), "cell_key": task.key})
         result = module.adapt(ctx, task.domain, task.sparsity, out, tracker)
