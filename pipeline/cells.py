@@ -24,7 +24,7 @@ from . import sources
 from .config import ConfigError
 from .paths import Cell, Paths, cell_name
 from .selection import Trial, cell_grid, choose, grid_points, trial_params, trials
-from .storage import write_json
+from .storage import pid_alive, write_json
 from .tracking import Tracker, execution_key, tracking_uri
 
 if TYPE_CHECKING:
@@ -134,6 +134,10 @@ def compute(task: Task) -> dict:
     params, paths, module = task.params, task.paths, method_module(task.method)
     final = paths.cell(task.method, task.domain, task.sparsity, task.trial.tag)
     tmp = task.stored.with_name(f".tmp-{task.stored.name}-{os.getpid()}")
+    for stale in task.stored.parent.glob(f".tmp-{task.stored.name}-*"):  # left by a killed worker
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     out = Cell(tmp, final.name, final.checkpoints)

@@ -8,6 +8,7 @@ from their headers, so a loader can say what it was given instead of failing on 
 """
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -28,10 +29,32 @@ def safetensors_bytes(tensors: dict[str, "torch.Tensor"], metadata: dict[str, st
     return len(header).to_bytes(8, "little") + header + data[8 + n:]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_tmp(path: Path) -> None:
+    """Remove the temporary files of ``path`` that a killed writer left (``<name>.tmp.<pid>``, the pid
+    gone): inside a directory output (``reports/<run>/tables``) DVC would count them as part of it."""
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}.tmp.*"):
+        pid = tmp.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file, then rename: a reader or a kill never sees half a file."""
+    """Write to a temporary file, then rename: a reader or a kill never sees half a file (a kill
+    leaves the temporary file, removed by the next write of ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
