@@ -150,8 +150,13 @@ def close_dead(client, runs, by: str) -> list[str]:
             continue
         note = (f"Killed: its process (pid {tags[TAG_PID]} on {tags[TAG_HOST]}) ended without closing this run; "
                 f"closed as KILLED by run {by}, which resumed it.")
-        client.set_tag(r.info.run_id, TAG_NOTE, (tags.get(TAG_NOTE, "") + "\n\n" + note).strip())
-        client.set_terminated(r.info.run_id, "KILLED")
+        try:
+            client.set_tag(r.info.run_id, TAG_NOTE, (tags.get(TAG_NOTE, "") + "\n\n" + note).strip())
+            client.set_terminated(r.info.run_id, "KILLED")
+        except Exception as err:  # e.g. deleted meanwhile: the new run is tracked all the same
+            print(f"MLflow: could not close the killed run {r.info.run_id} ({type(err).__name__}: {err})",
+                  file=sys.stderr, flush=True)
+            continue
         closed.append(r.info.run_id)
     return closed
 

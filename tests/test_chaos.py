@@ -42,7 +42,8 @@ def test_compare_ignores_only_the_listed_timings_and_provenance(tmp_path):
     table, page = f"reports/{RUN}/tables/main.csv", f"reports/{RUN}/tables/main.md"
     run_a, run_b = "a" * 32, "b" * 32
     a = _tree(tmp_path / "a", {
-        pretrain: json.dumps({"psnr": 1.0, "train_seconds": 3.0, "provenance": {"git_commit": "c", "mlflow_run_id": run_a}}),
+        pretrain: json.dumps({"psnr": 1.0, "train_seconds": 3.0,
+                              "provenance": {"git_commit": "c", "mlflow_run_id": run_a}}),
         table: "a,b\n1,2\n", page: f"MLflow run `{run_a}` · 10.86 dB\n| 1 |\n"})
     b = _tree(tmp_path / "b", {
         pretrain: json.dumps({"psnr": 1.0, "train_seconds": 9.0, "resumed_from_epoch": 2,
