@@ -164,3 +164,50 @@ def read_adapter(path: str | os.PathLike, kind: str, label: str, base_fp: str,
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically: readers never see half a file, a failure keeps the old one."""
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+# ------------------------------------------------------------------ dvc.lock across a kill
+# DVC (3.67) rewrites dvc.lock in place (open "w+", then YAML) after each stage: a kill in that moment
+# leaves it cut short, and the next `dvc repro` refuses it ("'./dvc.lock' validation failed"). As a
+# stage starts, dvc.lock is whole (DVC wrote it before starting the stage): the stage keeps a copy.
+LOCK, LOCK_COPY = Path("dvc.lock"), Path(".dvc") / "tmp" / "dvc.lock.whole"
+
+
+def keep_lock(root: Path) -> None:
+    """Copy ``<root>/dvc.lock`` to ``LOCK_COPY`` (a DVC project only; nothing to keep without a lock)."""
+    lock = root / LOCK
+    if lock.is_file() and (root / ".dvc").is_dir():
+        write_atomic(root / LOCK_COPY, lock.read_bytes())
+
+
+def lock_problem(path: Path) -> str | None:
+    """Why DVC would refuse the lock file ``path`` (its own schema); None when it is whole."""
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+    from voluptuous import Invalid
+    import yaml
+    try:
+        COMPILED_LOCKFILE_SCHEMA(yaml.safe_load(path.read_text()) or {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, Invalid) as err:
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
+
+
+def restore_lock(root: Path) -> str:
+    """Put back the whole dvc.lock kept by the last stage that started, when ``dvc.lock`` is broken (that
+    stage then runs again); without a whole copy remove it (every stage is then checked again). What
+    was done, in one line."""
+    lock, copy = root / LOCK, root / LOCK_COPY
+    if not lock.is_file() or (problem := lock_problem(lock)) is None:
+        return "dvc.lock is whole: nothing to do"
+    if copy.is_file() and lock_problem(copy) is None:
+        write_atomic(lock, copy.read_bytes())
+        return f"dvc.lock was cut short ({problem}); restored the copy kept as the last stage started"
+    lock.unlink()
+    return f"dvc.lock was cut short ({problem}) and no whole copy was kept; removed it: dvc repro checks every stage"
+
+
+if __name__ == "__main__":  # python -m pipeline.storage --restore-lock [ROOT]
+    import sys
+    if sys.argv[1:2] != ["--restore-lock"] or len(sys.argv) > 3:
+        sys.exit("usage: python -m pipeline.storage --restore-lock [PROJECT_ROOT]")
+    print(restore_lock(Path(sys.argv[2] if len(sys.argv) > 2 else ".")))

@@ -10,6 +10,8 @@ a temporary file or a new output appears), and resuming with `dvc repro` after e
 
 - after every kill: no process is left working in the copy, and every report file that existed
   before the killed `dvc repro` started is present and parses (JSON, CSV, PNG up to its IEND chunk);
+  a dvc.lock that DVC's own schema refuses (DVC rewrites it in place: a kill while it records a stage
+  cuts it short) is a finding, restored with `python -m pipeline.storage --restore-lock`;
 - at the end: `dvc status` is clean, and the outputs (reports/<run>/, build/<run>/, dvc.lock) equal the
   reference byte for byte, apart from what ``VARIES`` lists (timings, run ids), compared without it;
 - no MLflow run is left RUNNING, and every KILLED run is named by a later run's ``resumed_from``.
@@ -39,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
+
+from pipeline.storage import lock_problem
 
 from .dvc_copy import (DVC_TIMEOUT, RUN, STALE_LOCK_HINT, copy_env, dvc_cmd, dvc_status, make_copy, processes_in,
                        repro_after_kill, slow_params)
@@ -88,7 +92,8 @@ class Summary:
     stages: dict = field(default_factory=dict)   # stage -> seconds in the reference run
     kills: list = field(default_factory=list)
     missed: int = 0                               # kills planned after dvc had already finished
-    findings: list = field(default_factory=list)  # stale locks dvc asked to remove, ...
+    findings: list = field(default_factory=list)  # stale locks dvc asked to remove, dvc.lock restored, ...
+    lock_restores: int = 0                         # kills that cut dvc.lock short (restored, then resumed)
     killed_runs: int = 0
     failures: list = field(default_factory=list)
 
@@ -318,6 +323,11 @@ def strike(repo: Path, kill: Kill, stages: dict[str, float], log: Path) -> tuple
     raise RuntimeError(f"no kill within {DVC_TIMEOUT} s:\n{run.text()[-4000:]}")
 
 
+def lock_broken(repo: Path) -> str | None:
+    """Why DVC would refuse the copy's dvc.lock (None: whole, or none yet)."""
+    return lock_problem(repo / "dvc.lock") if (repo / "dvc.lock").is_file() else None
+
+
 def running_runs(repo: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(repo / "mlflow.db") as db:
         return db.execute("SELECT run_uuid, name FROM runs WHERE status = 'RUNNING'").fetchall()
@@ -361,6 +371,15 @@ def chaos(repo: Path, kills: int, seed: int, profile: str, work: Path) -> Summar
             raise RuntimeError(f"dvc repro failed after a kill ({rc}):\n{text[-4000:]}")
         pending.pop(0)
         out.kills.append(asdict(kill))
+        if problem := lock_broken(repo):
+            # DVC rewrites dvc.lock in place: killed while recording a stage, it leaves it cut short
+            fixed = subprocess.run([sys.executable, "-m", "pipeline.storage", "--restore-lock"], cwd=repo,
+                                   env=copy_env(repo), capture_output=True, text=True, timeout=120)
+            out.findings.append(f"kill {len(out.kills)} ({kill.stage}, {kill.trigger}): dvc.lock cut short "
+                                f"({problem}); python -m pipeline.storage --restore-lock: {fixed.stdout.strip()}")
+            out.lock_restores += 1
+            if fixed.returncode != 0 or lock_broken(repo):
+                out.failures.append(f"kill {len(out.kills)}: dvc.lock not restored: {fixed.stdout}{fixed.stderr}")
         survivors = processes_in(repo, grace_s=5.0)
         if survivors:
             out.failures.append(f"kill {len(out.kills)}: processes left running: {survivors}")

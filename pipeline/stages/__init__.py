@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import InputError, load
 from ..paths import REPO, Paths
-from ..storage import write_atomic, write_atomic_with, write_json, write_text  # noqa: F401 - for the stages
+from ..storage import keep_lock, write_atomic, write_atomic_with, write_json, write_text  # noqa: F401 - for the stages
 
 if TYPE_CHECKING:
     from ..config import Params
@@ -31,6 +31,7 @@ def run(main: Callable[[Params, Paths], None], root: Path | None = None) -> None
     root = REPO if root is None else Path(root)
     try:
         params = load(root / "params.yaml")
+        keep_lock(root)  # the whole dvc.lock a kill while DVC records this stage would cut short
         main(params, Paths.of(params, root))
     except InputError as err:  # params, data, model and SAM file errors all derive from it
         print(f"error: {err}", file=sys.stderr)
