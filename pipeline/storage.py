@@ -171,6 +171,7 @@ def write_json(path: Path, obj) -> None:
 # leaves it cut short, and the next `dvc repro` refuses it ("'./dvc.lock' validation failed"). As a
 # stage starts, dvc.lock is whole (DVC wrote it before starting the stage): the stage keeps a copy.
 LOCK, LOCK_COPY = Path("dvc.lock"), Path(".dvc") / "tmp" / "dvc.lock.whole"
+RWLOCK = Path(".dvc") / "tmp" / "rwlock"  # DVC's record of the outputs its running stages hold
 
 
 def keep_lock(root: Path) -> None:
@@ -193,17 +194,27 @@ def lock_problem(path: Path) -> str | None:
 
 
 def restore_lock(root: Path) -> str:
-    """Put back the whole dvc.lock kept by the last stage that started, when ``dvc.lock`` is broken (that
-    stage then runs again); without a whole copy remove it (every stage is then checked again). What
-    was done, in one line."""
-    lock, copy = root / LOCK, root / LOCK_COPY
-    if not lock.is_file() or (problem := lock_problem(lock)) is None:
-        return "dvc.lock is whole: nothing to do"
-    if copy.is_file() and lock_problem(copy) is None:
-        write_atomic(lock, copy.read_bytes())
-        return f"dvc.lock was cut short ({problem}); restored the copy kept as the last stage started"
-    lock.unlink()
-    return f"dvc.lock was cut short ({problem}) and no whole copy was kept; removed it: dvc repro checks every stage"
+    """Repair what a kill of DVC can leave cut short, in one line saying what was done: ``dvc.lock``
+    (the whole copy kept by the last stage that started is put back, and that stage runs again;
+    without one the broken lock is removed and every stage is checked again) and DVC's
+    ``.dvc/tmp/rwlock`` (rewritten in place too: a cut-short one, not JSON, is removed)."""
+    lock, copy, rwlock = root / LOCK, root / LOCK_COPY, root / RWLOCK
+    done = []
+    if rwlock.is_file():
+        try:
+            json.loads(rwlock.read_text() or "null")["read"]
+        except (ValueError, TypeError, KeyError):
+            rwlock.unlink()
+            done.append(f"{RWLOCK} was cut short; removed it")
+    if lock.is_file() and (problem := lock_problem(lock)) is not None:
+        if copy.is_file() and lock_problem(copy) is None:
+            write_atomic(lock, copy.read_bytes())
+            done.append(f"dvc.lock was cut short ({problem}); restored the copy kept as the last stage started")
+        else:
+            lock.unlink()
+            done.append(f"dvc.lock was cut short ({problem}) and no whole copy was kept; removed it: "
+                        "dvc repro checks every stage")
+    return "; ".join(done) or "dvc.lock is whole: nothing to do"
 
 
 if __name__ == "__main__":  # python -m pipeline.storage --restore-lock [ROOT]

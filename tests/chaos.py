@@ -10,8 +10,9 @@ a temporary file or a new output appears), and resuming with `dvc repro` after e
 
 - after every kill: no process is left working in the copy, and every report file that existed
   before the killed `dvc repro` started is present and parses (JSON, CSV, PNG up to its IEND chunk);
-  a dvc.lock that DVC's own schema refuses (DVC rewrites it in place: a kill while it records a stage
-  cuts it short) is a finding, restored with `python -m pipeline.storage --restore-lock`;
+  a dvc.lock that DVC's own schema refuses or a ``.dvc/tmp/rwlock`` that is not JSON (DVC rewrites
+  both in place: a kill while it writes one cuts it short) is a finding, repaired as
+  `python -m pipeline.storage --restore-lock` does;
 - at the end: `dvc status` is clean, and the outputs (reports/<run>/, build/<run>/, dvc.lock) equal the
   reference byte for byte, apart from what ``VARIES`` lists (timings, run ids), compared without it;
 - no MLflow run is left RUNNING, and every KILLED run is named by a later run's ``resumed_from``.
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.storage import lock_problem
+from pipeline.storage import lock_problem, restore_lock
 
 from .dvc_copy import (DVC_TIMEOUT, RUN, STALE_LOCK_HINT, copy_env, dvc_cmd, dvc_status, make_copy, processes_in,
                        repro_after_kill, slow_params)
@@ -93,7 +94,7 @@ class Summary:
     kills: list = field(default_factory=list)
     missed: int = 0                               # kills planned after dvc had already finished
     findings: list = field(default_factory=list)  # stale locks dvc asked to remove, dvc.lock restored, ...
-    lock_restores: int = 0                         # kills that cut dvc.lock short (restored, then resumed)
+    lock_restores: int = 0                         # kills that cut dvc.lock or rwlock short (repaired)
     killed_runs: int = 0
     failures: list = field(default_factory=list)
 
@@ -371,15 +372,13 @@ def chaos(repo: Path, kills: int, seed: int, profile: str, work: Path) -> Summar
             raise RuntimeError(f"dvc repro failed after a kill ({rc}):\n{text[-4000:]}")
         pending.pop(0)
         out.kills.append(asdict(kill))
-        if problem := lock_broken(repo):
-            # DVC rewrites dvc.lock in place: killed while recording a stage, it leaves it cut short
-            fixed = subprocess.run([sys.executable, "-m", "pipeline.storage", "--restore-lock"], cwd=repo,
-                                   env=copy_env(repo), capture_output=True, text=True, timeout=120)
-            out.findings.append(f"kill {len(out.kills)} ({kill.stage}, {kill.trigger}): dvc.lock cut short "
-                                f"({problem}); python -m pipeline.storage --restore-lock: {fixed.stdout.strip()}")
+        # DVC rewrites dvc.lock and its rwlock in place: killed while writing one, it leaves it cut short
+        if (repaired := restore_lock(repo)) != "dvc.lock is whole: nothing to do":
+            out.findings.append(f"kill {len(out.kills)} ({kill.stage}, {kill.trigger}): {repaired} "
+                                "(python -m pipeline.storage --restore-lock)")
             out.lock_restores += 1
-            if fixed.returncode != 0 or lock_broken(repo):
-                out.failures.append(f"kill {len(out.kills)}: dvc.lock not restored: {fixed.stdout}{fixed.stderr}")
+            if problem := lock_broken(repo):
+                out.failures.append(f"kill {len(out.kills)}: dvc.lock still broken after the repair: {problem}")
         survivors = processes_in(repo, grace_s=5.0)
         if survivors:
             out.failures.append(f"kill {len(out.kills)}: processes left running: {survivors}")

@@ -67,3 +67,15 @@ def test_a_dvc_lock_cut_short_without_a_kept_copy_is_removed(project_lock):
     assert not (root / "dvc.lock").exists()
     storage.keep_lock(root)  # no lock: nothing kept, nothing fails
     assert not (root / storage.LOCK_COPY).exists()
+
+
+@pytest.mark.parametrize("cut", ["", '{"read": {"build/x": [{"pid": 1, "cmd": "dvc'])
+def test_a_rwlock_cut_short_is_removed_and_a_whole_one_kept(project_lock, cut):
+    root, _ = project_lock
+    rwlock = root / storage.RWLOCK
+    rwlock.parent.mkdir(parents=True)
+    rwlock.write_text('{"read": {}, "write": {}}')
+    assert storage.restore_lock(root) == "dvc.lock is whole: nothing to do" and rwlock.is_file()
+    rwlock.write_text(cut)
+    assert storage.restore_lock(root) == ".dvc/tmp/rwlock was cut short; removed it"
+    assert not rwlock.exists()
