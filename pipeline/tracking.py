@@ -268,9 +268,11 @@ class Tracker:
 
     def _resume_note(self) -> str:
         what = REUSED.get(self.stage, "nothing (the stage recomputes its outputs)")
+        if self.stage == "adapt" and self.cell:
+            what = "this cell's epoch checkpoints (.checkpoints/<run>/<method>/<cell>/)"
         note = f"Resumed after a kill: replaces the KILLED run(s) {', '.join(self.resumed_from)}; reuses {what}."
         if "resumed_from_epoch" in self._logged:
-            note += f" Training went on from epoch {int(self._logged['resumed_from_epoch'])} (its checkpoint)."
+            note += f" Training resumed from the checkpoint at epoch {int(self._logged['resumed_from_epoch'])}."
         return note
 
     def _start(self, start_ms: int) -> None:
