@@ -141,13 +141,16 @@ def owner_gone(tags: dict) -> bool:
         return type(err).__name__ == "NoSuchProcess"
 
 
-def close_dead(client, runs, by: str) -> list[str]:
-    """Close as KILLED each of ``runs`` (RUNNING) whose owner is gone; their ids."""
-    closed = []
+def dead(runs) -> list:
+    """The RUNNING ones of ``runs`` whose owner is gone."""
+    return [r for r in runs if r.info.status == "RUNNING" and owner_gone(r.data.tags)]
+
+
+def close_killed(client, runs, by: str) -> None:
+    """Close ``runs`` (their owner gone) as KILLED, each with a note naming the run ``by`` that resumed it.
+    The caller tags ``by`` with their ids first: a kill in between leaves no KILLED run unnamed."""
     for r in runs:
         tags = r.data.tags
-        if r.info.status != "RUNNING" or not owner_gone(tags):
-            continue
         note = (f"Killed: its process (pid {tags[TAG_PID]} on {tags[TAG_HOST]}) ended without closing this run; "
                 f"closed as KILLED by run {by}, which resumed it.")
         try:
@@ -156,9 +159,6 @@ def close_dead(client, runs, by: str) -> list[str]:
         except Exception as err:  # e.g. deleted meanwhile: the new run is tracked all the same
             print(f"MLflow: could not close the killed run {r.info.run_id} ({type(err).__name__}: {err})",
                   file=sys.stderr, flush=True)
-            continue
-        closed.append(r.info.run_id)
-    return closed
 
 
 class Tracker:
@@ -244,11 +244,12 @@ class Tracker:
             TAG_NOTE: note, **owner})
         # executions left RUNNING by a dvc process that is gone (killed): this one resumes them
         left = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
-        dead = close_dead(client, [r for r in left if TAG_EXECUTION in r.data.tags and self._same_run(r)],
-                          run.info.run_id)
-        if dead:
-            client.set_tag(run.info.run_id, TAG_RESUMED, ",".join(dead))
-            client.set_tag(run.info.run_id, TAG_NOTE, f"{note}\n\nResumes the killed execution(s) {', '.join(dead)}.")
+        killed = dead(r for r in left if TAG_EXECUTION in r.data.tags and self._same_run(r))
+        if killed:
+            ids = [r.info.run_id for r in killed]
+            client.set_tag(run.info.run_id, TAG_RESUMED, ",".join(ids))
+            client.set_tag(run.info.run_id, TAG_NOTE, f"{note}\n\nResumes the killed execution(s) {', '.join(ids)}.")
+            close_killed(client, killed, run.info.run_id)
         return run.info.run_id
 
     def _same_run(self, run) -> bool:
@@ -262,9 +263,11 @@ class Tracker:
                                   f"tags.stage = '{self.stage}'", max_results=1000)
         mine = [r for r in left if r.info.run_id != run_id and r.data.tags.get("cell", "") == (self.cell or "")
                 and self._same_run(r)]
-        self.resumed_from = close_dead(client, mine, run_id)
-        if self.resumed_from:
+        killed = dead(mine)
+        if killed:  # tagged before they are closed: a kill in between leaves them RUNNING, for the next one
+            self.resumed_from = [r.info.run_id for r in killed]
             self._log_batch(tags={TAG_RESUMED: ",".join(self.resumed_from), TAG_NOTE: self._resume_note()})
+            close_killed(client, killed, run_id)
 
     def _resume_note(self) -> str:
         what = REUSED.get(self.stage, "nothing (the stage recomputes its outputs)")
