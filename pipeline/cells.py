@@ -25,7 +25,7 @@ from . import sources
 from .config import ConfigError
 from .paths import Cell, Paths, cell_name
 from .selection import Trial, cell_grid, choose, grid_points, trial_params
-from .storage import write_json
+from .storage import pid_alive, write_json
 from .tracking import Tracker, execution_key, tracking_uri
 
 if TYPE_CHECKING:
@@ -136,6 +136,10 @@ def compute(task: Task) -> dict:
     params, paths, module = task.params, task.paths, method_module(task.method)
     final = paths.cell(task.method, task.domain, task.sparsity, task.trial.tag)
     tmp = task.stored.with_name(f".tmp-{task.stored.name}-{os.getpid()}")
+    for stale in task.stored.parent.glob(f".tmp-{task.stored.name}-*"):  # left by a killed worker
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     out = Cell(tmp, final.name, final.checkpoints)
@@ -143,7 +147,7 @@ def compute(task: Task) -> dict:
     ctx = Context(params, paths, rt.pop("device_obj"), checkpoints=out.checkpoints, trial=task.trial,
                   chosen={m: dict(c) for m, c in task.chosen})
     torch.manual_seed(params.adapt.seed)
-    with Tracker(params, paths, "adapt", f"{task.method} {out.name}") as tracker:
+    with Tracker(params, paths, "adapt", f"{task.method} {out.name}", closes_parent=False) as tracker:
         tracker.set_tags({**rt, "method": task.method, "domain": task.domain, "sparsity": str(task.sparsity),
                           "seed": str(task.trial.seed), "grid_point": str(task.trial.point), "cell_key": task.key})
         result = module.adapt(ctx, task.domain, task.sparsity, out, tracker)

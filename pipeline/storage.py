@@ -8,6 +8,7 @@ from their headers, so a loader can say what it was given instead of failing on 
 """
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -28,10 +29,32 @@ def safetensors_bytes(tensors: dict[str, "torch.Tensor"], metadata: dict[str, st
     return len(header).to_bytes(8, "little") + header + data[8 + n:]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_tmp(path: Path) -> None:
+    """Remove the temporary files of ``path`` that a killed writer left (``<name>.tmp.<pid>``, the pid
+    gone): inside a directory output (``reports/<run>/tables``) DVC would count them as part of it."""
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}.tmp.*"):
+        pid = tmp.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file, then rename: a reader or a kill never sees half a file."""
+    """Write to a temporary file, then rename: a reader or a kill never sees half a file (a kill
+    leaves the temporary file, removed by the next write of ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -172,3 +195,61 @@ def nonfinite(tensors: "Mapping[str, torch.Tensor]", noun: str) -> str | None:
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically: readers never see half a file, a failure keeps the old one."""
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+# ------------------------------------------------------------------ dvc.lock across a kill
+# DVC (3.67) rewrites dvc.lock in place (open "w+", then YAML) after each stage: a kill in that moment
+# leaves it cut short, and the next `dvc repro` refuses it ("'./dvc.lock' validation failed"). As a
+# stage starts, dvc.lock is whole (DVC wrote it before starting the stage): the stage keeps a copy.
+LOCK, LOCK_COPY = Path("dvc.lock"), Path(".dvc") / "tmp" / "dvc.lock.whole"
+RWLOCK = Path(".dvc") / "tmp" / "rwlock"  # DVC's record of the outputs its running stages hold
+
+
+def keep_lock(root: Path) -> None:
+    """Copy ``<root>/dvc.lock`` to ``LOCK_COPY`` (a DVC project only; nothing to keep without a lock)."""
+    lock = root / LOCK
+    if lock.is_file() and (root / ".dvc").is_dir():
+        write_atomic(root / LOCK_COPY, lock.read_bytes())
+
+
+def lock_problem(path: Path) -> str | None:
+    """Why DVC would refuse the lock file ``path`` (its own schema); None when it is whole."""
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+    from voluptuous import Invalid
+    import yaml
+    try:
+        COMPILED_LOCKFILE_SCHEMA(yaml.safe_load(path.read_text()) or {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, Invalid) as err:
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return None
+
+
+def restore_lock(root: Path) -> str:
+    """Repair what a kill of DVC can leave cut short, in one line saying what was done: ``dvc.lock``
+    (the whole copy kept by the last stage that started is put back, and that stage runs again;
+    without one the broken lock is removed and every stage is checked again) and DVC's
+    ``.dvc/tmp/rwlock`` (rewritten in place too: a cut-short one, not JSON, is removed)."""
+    lock, copy, rwlock = root / LOCK, root / LOCK_COPY, root / RWLOCK
+    done = []
+    if rwlock.is_file():
+        try:
+            json.loads(rwlock.read_text() or "null")["read"]
+        except (ValueError, TypeError, KeyError):
+            rwlock.unlink()
+            done.append(f"{RWLOCK} was cut short; removed it")
+    if lock.is_file() and (problem := lock_problem(lock)) is not None:
+        if copy.is_file() and lock_problem(copy) is None:
+            write_atomic(lock, copy.read_bytes())
+            done.append(f"dvc.lock was cut short ({problem}); restored the copy kept as the last stage started")
+        else:
+            lock.unlink()
+            done.append(f"dvc.lock was cut short ({problem}) and no whole copy was kept; removed it: "
+                        "dvc repro checks every stage")
+    return "; ".join(done) or "dvc.lock is whole: nothing to do"
+
+
+if __name__ == "__main__":  # python -m pipeline.storage --restore-lock [ROOT]
+    import sys
+    if sys.argv[1:2] != ["--restore-lock"] or len(sys.argv) > 3:
+        sys.exit("usage: python -m pipeline.storage --restore-lock [PROJECT_ROOT]")
+    print(restore_lock(Path(sys.argv[2] if len(sys.argv) > 2 else ".")))

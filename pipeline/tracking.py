@@ -6,6 +6,12 @@ that launched the stage (its pid and start time), else by the stage's own proces
 best effort: any MLflow failure (read-only or locked ``mlflow.db``...) is reported loudly on stderr
 and tracking stops for that stage, but the stage still writes all its DVC outputs. MLflow's
 start-up and every write run on one background thread per stage, off the stage's critical path.
+
+A run records its owner (pid, host and start time of the process that opened it; for the parent
+run, of the ``dvc`` process). A killed process cannot close its run: the next ``Tracker`` of the same
+stage and cell closes every RUNNING run of it whose owner is gone as KILLED, and tags its own run
+``resumed_from`` with their ids (the parent likewise, once its ``dvc`` process is gone). A run whose
+owner still lives (a parallel cell, another worker) or ran on another host is left alone.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +42,14 @@ TAG_EXECUTION = "zfda.execution"
 # the experiment's description and ``runs_page`` give the link that opens on the runs.
 TAG_EXPERIMENT_KIND, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 TAG_NOTE = "mlflow.note.content"  # an experiment's or a run's Description in the UI
+# The process that opened a run (the stage or worker process; for a parent run, the dvc process).
+TAG_PID, TAG_HOST, TAG_STARTED = "zfda.pid", "zfda.host", "zfda.started"
+TAG_RESUMED = "resumed_from"  # on a run that replaced killed ones: their run ids, comma-separated
+# What a resumed stage takes over from a killed one (the note of the resumed run); every stage
+# rewrites its outputs whole, so what is not named here is recomputed.
+REUSED = {"pretrain": "the checkpoint of the last finished epoch (.checkpoints/<run>/pretrain.pt)",
+          "adapt": "every cell completed before the kill (.cells/<run>/) and the unfinished cells' epoch checkpoints",
+          "ablate": "the study's epoch checkpoints (.checkpoints/<run>/ablate/<study>/)"}
 UI = "http://127.0.0.1:5000"  # `mlflow ui --host 127.0.0.1` (README)
 
 
@@ -72,21 +87,78 @@ def git_commit(root: Path) -> str:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def execution_key() -> str:
-    """What the stages of one ``dvc repro`` have in common: the dvc process that runs them."""
+def _execution() -> tuple[str, dict]:
+    """The execution key and its owner's tags (none when ``ZFDA_EXECUTION`` names it: no owner known)."""
     if os.environ.get("ZFDA_EXECUTION"):
-        return os.environ["ZFDA_EXECUTION"]
+        return os.environ["ZFDA_EXECUTION"], {}
     try:
         import psutil
         proc = psutil.Process().parent()
         while proc is not None:
             cmd = " ".join(proc.cmdline()[:3])
             if "dvc" in Path(proc.cmdline()[0]).name or " -m dvc" in cmd or "/dvc " in cmd + " ":
-                return f"dvc-{proc.pid}-{int(proc.create_time())}"
+                return f"dvc-{proc.pid}-{int(proc.create_time())}", owner_tags(proc.pid, proc.create_time())
             proc = proc.parent()
     except Exception:  # psutil missing or a process vanished: fall back to this process
         pass
-    return f"process-{os.getpid()}-{int(time.time())}"
+    return f"process-{os.getpid()}-{int(time.time())}", owner_tags()
+
+
+def execution_key() -> str:
+    """What the stages of one ``dvc repro`` have in common: the dvc process that runs them."""
+    return _execution()[0]
+
+
+def owner_tags(pid: int | None = None, started: float | None = None) -> dict:
+    """The tags naming a run's owner: ``pid`` (default: this process), its host and its start time."""
+    if pid is None:
+        pid = os.getpid()
+    if started is None:
+        try:
+            import psutil
+            started = psutil.Process(pid).create_time()
+        except Exception:  # psutil missing: the pid alone
+            started = None
+    return {TAG_PID: str(pid), TAG_HOST: socket.gethostname(),
+            **({TAG_STARTED: f"{started:.2f}"} if started is not None else {})}
+
+
+def owner_gone(tags: dict) -> bool:
+    """Whether the process named by a run's owner tags has ended: on this host, no process with that
+    pid (or one started at another time: the pid was reused). Unknown (no tags, another host, psutil
+    missing or denied) counts as alive: only a dead owner's run is ever closed."""
+    pid, host, started = tags.get(TAG_PID), tags.get(TAG_HOST), tags.get(TAG_STARTED)
+    if not pid or host != socket.gethostname():
+        return False
+    try:
+        import psutil
+        if not psutil.pid_exists(int(pid)):
+            return True
+        return started is not None and abs(psutil.Process(int(pid)).create_time() - float(started)) > 0.5
+    except ImportError:
+        return False
+    except Exception as err:  # the process ended between the two calls, or is not ours to see
+        return type(err).__name__ == "NoSuchProcess"
+
+
+def dead(runs) -> list:
+    """The RUNNING ones of ``runs`` whose owner is gone."""
+    return [r for r in runs if r.info.status == "RUNNING" and owner_gone(r.data.tags)]
+
+
+def close_killed(client, runs, by: str) -> None:
+    """Close ``runs`` (their owner gone) as KILLED, each with a note naming the run ``by`` that resumed it.
+    The caller tags ``by`` with their ids first: a kill in between leaves no KILLED run unnamed."""
+    for r in runs:
+        tags = r.data.tags
+        note = (f"Killed: its process (pid {tags[TAG_PID]} on {tags[TAG_HOST]}) ended without closing this run; "
+                f"closed as KILLED by run {by}, which resumed it.")
+        try:
+            client.set_tag(r.info.run_id, TAG_NOTE, (tags.get(TAG_NOTE, "") + "\n\n" + note).strip())
+            client.set_terminated(r.info.run_id, "KILLED")
+        except Exception as err:  # e.g. deleted meanwhile: the new run is tracked all the same
+            print(f"MLflow: could not close the killed run {r.info.run_id} ({type(err).__name__}: {err})",
+                  file=sys.stderr, flush=True)
 
 
 class Tracker:
@@ -100,8 +172,14 @@ class Tracker:
     Reading ``run_id`` waits for the run to exist (``None`` when tracking failed).
     """
 
-    def __init__(self, params: Params, paths: Paths, stage: str, cell: str | None = None):
+    def __init__(self, params: Params, paths: Paths, stage: str, cell: str | None = None, *,
+                 closes_parent: bool = True):
+        """``closes_parent``: this run's start and end set the parent run's status (a stage's run does;
+        the runs of cells inside a stage, in its process or in workers, leave the parent to the stage)."""
         self.params, self.paths, self.stage, self.cell = params, paths, stage, cell
+        self.closes_parent = closes_parent
+        self.resumed_from: list[str] = []  # the killed runs this one replaced
+        self._logged: dict = {}  # every metric logged (for the resume note)
         self.enabled = True
         self._run_id: str | None = None
         self._parent_id: str | None = None
@@ -150,9 +228,11 @@ class Tracker:
             self._ops.put(fn)
 
     def _parent(self, client, experiment_id: str) -> str:
-        key = execution_key()
+        key, owner = _execution()
         found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_EXECUTION}` = '{key}'", max_results=1)
         if found:
+            if self.closes_parent and found[0].info.status != "RUNNING":  # a stage of it runs again
+                client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
         name = f"{self.params.run_name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         p, commit = self.params, git_commit(self.paths.root)
@@ -161,8 +241,42 @@ class Tracker:
                 "the report's tables and figures are this run's artifacts, each stage is a child run.")
         run = client.create_run(experiment_id, run_name=name, tags={
             TAG_EXECUTION: key, "profile": p.profile, "data.source": p.data.source, "git.commit": commit,
-            TAG_NOTE: note})
+            TAG_NOTE: note, **owner})
+        # executions left RUNNING by a dvc process that is gone (killed): this one resumes them
+        left = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        killed = dead(r for r in left if TAG_EXECUTION in r.data.tags and self._same_run(r))
+        if killed:
+            ids = [r.info.run_id for r in killed]
+            client.set_tag(run.info.run_id, TAG_RESUMED, ",".join(ids))
+            client.set_tag(run.info.run_id, TAG_NOTE, f"{note}\n\nResumes the killed execution(s) {', '.join(ids)}.")
+            close_killed(client, killed, run.info.run_id)
         return run.info.run_id
+
+    def _same_run(self, run) -> bool:
+        """A run of this profile and data source (what this one can resume)."""
+        tags = run.data.tags
+        return tags.get("profile") == self.params.profile and tags.get("data.source") == self.params.data.source
+
+    def _close_killed(self, client, experiment_id: str, run_id: str) -> None:
+        """Close the RUNNING runs of this stage and cell whose process is gone; tag this one as their resumption."""
+        left = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                  f"tags.stage = '{self.stage}'", max_results=1000)
+        mine = [r for r in left if r.info.run_id != run_id and r.data.tags.get("cell", "") == (self.cell or "")
+                and self._same_run(r)]
+        killed = dead(mine)
+        if killed:  # tagged before they are closed: a kill in between leaves them RUNNING, for the next one
+            self.resumed_from = [r.info.run_id for r in killed]
+            self._log_batch(tags={TAG_RESUMED: ",".join(self.resumed_from), TAG_NOTE: self._resume_note()})
+            close_killed(client, killed, run_id)
+
+    def _resume_note(self) -> str:
+        what = REUSED.get(self.stage, "nothing (the stage recomputes its outputs)")
+        if self.stage == "adapt" and self.cell:
+            what = "this cell's epoch checkpoints (.checkpoints/<run>/<method>/<cell>/)"
+        note = f"Resumed after a kill: replaces the KILLED run(s) {', '.join(self.resumed_from)}; reuses {what}."
+        if "resumed_from_epoch" in self._logged:
+            note += f" Training resumed from the checkpoint at epoch {int(self._logged['resumed_from_epoch'])}."
+        return note
 
     def _start(self, start_ms: int) -> None:
         from mlflow.tracking import MlflowClient
@@ -180,10 +294,11 @@ class Tracker:
         name = self.stage if self.cell is None else f"{self.stage}[{self.cell}]"
         tags = resolve_tags({"stage": self.stage, "cell": self.cell or "", "profile": self.params.profile,
                              "data.source": self.params.data.source, "git.commit": git_commit(self.paths.root),
-                             MLFLOW_PARENT_RUN_ID: parent})
+                             MLFLOW_PARENT_RUN_ID: parent, **owner_tags()})
         run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name)
         self._client, self._parent_id, self._run_id = client, parent, run.info.run_id
         self._log_batch(params=flat_params(self.params))
+        self._close_killed(client, experiment_id, run.info.run_id)
 
     def _work(self, start_ms: int) -> None:
         try:
@@ -210,10 +325,14 @@ class Tracker:
         status = "FAILED" if exc_type else "FINISHED"
 
         def _end():
-            # Every stage closes the parent run as it ends, so the parent's end time and status are
-            # those of the execution's last stage so far (a later stage only moves the end time on).
+            # Every stage closes the parent run as it ends (and reopens it as it starts), so the parent's
+            # end time and status are those of the execution's last stage so far; a killed stage leaves
+            # it RUNNING, for the next execution to close as KILLED.
+            if self.resumed_from and "resumed_from_epoch" in self._logged:
+                self._log_batch(tags={TAG_NOTE: self._resume_note()})
             self._client.set_terminated(self._run_id, status)
-            self._client.set_terminated(self._parent_id, status)
+            if self.closes_parent:
+                self._client.set_terminated(self._parent_id, status)
         self._ops.put(_end)
         self._ops.put(None)
         self._worker.join()
@@ -225,6 +344,7 @@ class Tracker:
     def log_metrics(self, values: dict, step: int | None = None) -> None:
         from_ms = int(time.time() * 1000)
         clean = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+        self._logged.update(clean)
 
         def _log():
             from mlflow.entities import Metric

@@ -59,10 +59,11 @@ def slow_params(raw: dict | None = None) -> dict:
     return raw
 
 
-def make_copy(dest: Path, mlflow_template: Path) -> Path:
-    """A git repository holding the working tree (no build outputs, no store) and the tiny params."""
+def make_copy(dest: Path, mlflow_template: Path, raw: dict | None = None) -> Path:
+    """A git repository holding the working tree (no build outputs, no store) and the tiny params
+    (or the raw params ``raw``)."""
     shutil.copytree(REPO, dest, ignore=_ignore, symlinks=True)
-    profile.write(slow_params(), dest / "params.yaml")
+    profile.write(slow_params() if raw is None else raw, dest / "params.yaml")
     git = ["git", "-c", "user.name=zfda-test", "-c", "user.email=zfda-test@localhost", "-c", "commit.gpgsign=false"]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "reliability test copy"]):
         subprocess.run(git + cmd, cwd=dest, check=True, capture_output=True, timeout=120)
@@ -157,10 +158,11 @@ def processes_in(repo: Path, grace_s: float) -> list[str]:
 STALE_LOCK_HINT = re.compile(r"manually remove '([^']+)'")
 
 
-def repro_after_kill(repo: Path, target: str) -> subprocess.CompletedProcess:
-    """``dvc repro <target>`` after a kill -9. A stale lock is removed only where dvc's own message tells
-    the user to (and is then a finding, reported as a warning)."""
-    done = dvc(repo, "repro", target)
+def repro_after_kill(repo: Path, target: str | None = None) -> subprocess.CompletedProcess:
+    """``dvc repro <target>`` (default: every stage) after a kill -9. A stale lock is removed only where
+    dvc's own message tells the user to (and is then a finding, reported as a warning)."""
+    targets = () if target is None else (target,)
+    done = dvc(repo, "repro", *targets)
     text = done.stdout + done.stderr
     if done.returncode != 0 and ("lock" in text.lower()):
         hint = STALE_LOCK_HINT.search(text)
@@ -170,7 +172,7 @@ def repro_after_kill(repo: Path, target: str) -> subprocess.CompletedProcess:
         warnings.warn(f"FINDING: after kill -9 `dvc repro {target}` failed on a stale lock; dvc says to remove "
                       f"{hint.group(1)} (done here):\n{text}")
         Path(repo, hint.group(1)).unlink()
-        done = dvc(repo, "repro", target)
+        done = dvc(repo, "repro", *targets)
         text = done.stdout + done.stderr
     assert done.returncode == 0, f"dvc repro {target} after kill -9 failed ({done.returncode}):\n{text}"
     if "had been killed" in text:  # dvc cleaned its rwlock by itself: information, not a failure

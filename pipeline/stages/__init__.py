@@ -18,7 +18,7 @@ import numpy as np
 from ..config import InputError, load
 from ..memo import Memo
 from ..paths import REPO, Paths
-from ..storage import write_atomic, write_atomic_with, write_json, write_text  # noqa: F401 - for the stages
+from ..storage import keep_lock, write_atomic, write_atomic_with, write_json, write_text  # noqa: F401 - for the stages
 
 if TYPE_CHECKING:
     from ..config import Params
@@ -33,6 +33,7 @@ def run(main: Callable[[Params, Paths], None], root: Path | None = None, memo: s
     root = REPO if root is None else Path(root)
     try:
         params = load(root / "params.yaml")
+        keep_lock(root)  # the whole dvc.lock a kill while DVC records this stage would cut short
         paths = Paths.of(params, root)
         cache = Memo(params, paths, memo) if memo else None
         if cache is not None and cache.restore():
