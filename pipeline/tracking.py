@@ -161,6 +161,18 @@ def close_killed(client, runs, by: str) -> None:
                   file=sys.stderr, flush=True)
 
 
+def _import_ipython() -> None:
+    """Import IPython (where installed) on the calling thread, before the tracking thread starts.
+
+    MLflow's run tags (``resolve_tags``) import IPython on the tracking thread, and matplotlib's pyplot
+    runs ``from IPython import get_ipython`` as soon as it sees IPython in ``sys.modules``: a figure drawn
+    while the other thread is half-way through that import fails with "partially initialized module
+    'IPython'". Imported here first, the module is whole before either thread looks (about 0.3 s)."""
+    import importlib.util
+    if "IPython" not in sys.modules and importlib.util.find_spec("IPython") is not None:
+        import IPython  # noqa: F401
+
+
 class Tracker:
     """Context manager for one stage cell's MLflow child run; every call is failure-tolerant.
 
@@ -316,6 +328,7 @@ class Tracker:
                                tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
     def __enter__(self) -> "Tracker":
+        _import_ipython()
         self._worker = threading.Thread(target=self._work, args=(int(time.time() * 1000),),
                                         name=f"mlflow-{self.stage}", daemon=True)
         self._worker.start()
