@@ -31,7 +31,7 @@ import torch
 
 from .methods import BASE_AGENT, Context, Variant, active
 from .metrics import EXACT_IMAGES, Quality, fp32_bytes, memory_cost_pct, misalignment, ordered_pairs, per_image_key
-from .selection import FIELDS as VALIDATION_FIELDS
+from .selection import FIELDS as VALIDATION_FIELDS  # noqa: F401 - the evaluate stage writes these columns
 from .selection import Trial, choose, validation_table
 
 if TYPE_CHECKING:

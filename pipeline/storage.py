@@ -253,3 +253,24 @@ if __name__ == "__main__":  # python -m pipeline.storage --restore-lock [ROOT]
     if sys.argv[1:2] != ["--restore-lock"] or len(sys.argv) > 3:
         sys.exit("usage: python -m pipeline.storage --restore-lock [PROJECT_ROOT]")
     print(restore_lock(Path(sys.argv[2] if len(sys.argv) > 2 else ".")))
+
+
+def write_rows(path: Path, rows: list[dict], fieldnames) -> None:
+    """Write dicts as CSV atomically (with the csv module's \\r\\n line ends)."""
+    import csv
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fieldnames)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def write_npy(path: Path, arr) -> None:
+    import numpy as np
+    write_atomic_with(path, lambda f: np.save(f, arr, allow_pickle=False))
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    write_atomic_with(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)

@@ -11,7 +11,6 @@ import yaml
 
 from pipeline import profile
 
-from .conftest import mlflow_template  # noqa: F401 - the session's migrated store
 from .dvc_copy import build, dvc_ok, make_copy, reports, slow_params
 
 TOY = '''"""last_bias: only the decoder's last bias adapts (a toy method: the whole file a new method needs)."""

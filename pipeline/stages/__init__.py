@@ -6,19 +6,15 @@ down; a stage owns its outputs and passes their paths to the code below it; no s
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable
 
 from ..config import InputError, load
 from ..memo import Memo
 from ..paths import REPO, Paths
-from ..storage import keep_lock, write_atomic, write_atomic_with, write_json, write_text  # noqa: F401 - for the stages
+from ..storage import (keep_lock, save_figure, write_atomic, write_atomic_with, write_json, write_npy,  # noqa: F401
+                       write_rows, write_text)  # the stages' writers
 
 if TYPE_CHECKING:
     from ..config import Params
@@ -44,25 +40,6 @@ def run(main: Callable[[Params, Paths], None], root: Path | None = None, memo: s
     except InputError as err:  # params, data, model and SAM file errors all derive from it
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-
-
-def write_rows(path: Path, rows: list[dict], fieldnames: Sequence[str]) -> None:
-    """Write dicts as CSV atomically (with the csv module's \\r\\n line ends)."""
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=fieldnames)
-    w.writeheader()
-    w.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
-def write_npy(path: Path, arr: np.ndarray) -> None:
-    write_atomic_with(path, lambda f: np.save(f, arr, allow_pickle=False))
-
-
-def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-    write_atomic_with(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
 
 
 def provenance(params: Params, paths: Paths, run_id: str | None) -> dict:
