@@ -310,8 +310,8 @@ def test_expected_cells_are_the_stages_dvc_lists(tiny_params):
     assert untracked == ["validate"]  # the only stage without an MLflow run
     assert "network" in cells  # its stage module opens the Tracker
     assert not any(c.startswith("ablate") for c in cells)  # the quick profile runs no ablation study
-    # validate, domains, pretrain, 7 adapt stages (one per method), evaluate, report, network
-    assert len(cells) + len(untracked) == 13
+    # validate, domains, pretrain, adapt (every method), evaluate, report, network
+    assert len(cells) + len(untracked) == 7
 
 
 def test_mlflow_history_reads_the_latest_quick_execution(tmp_path, mlflow_template):
