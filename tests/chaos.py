@@ -60,14 +60,12 @@ VARIES: dict[str, tuple[str, ...]] = {
                                             "mlflow_run_id"),
     "reports/<run>/metrics/evaluate.json": ("mlflow_run_id",),
     "reports/<run>/claims.json": ("mlflow_run_id",),
-    "build/<run>/data/manifest.json": ("mlflow_run_id",),
-    "build/<run>/adapt/*/*.json": ("train_seconds",),  # a cell's training time (details.train_seconds)
     "reports/<run>/README.md": (RUN_ID, r"train seconds: [\d.]+ s; [\d.]+ images/s"),  # quotes pretrain.json
     "reports/<run>/claims.md": (RUN_ID,),
     "reports/<run>/tables/*.md": (RUN_ID,),  # the provenance line above each table
     "reports/<run>/tables/*.tex": (RUN_ID,),
     "reports/<run>/ablations/*.md": (RUN_ID,),  # the provenance comment of line 1
-    "dvc.lock": (),
+    "dvc.lock": (),  # the hashes of the files above (pipeline.paths.VARYING_OUTPUTS lists them by file)
 }
 STAGES_KEY = re.compile(r"Running stage '([^']+)'")
 PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
