@@ -254,6 +254,9 @@ class ParamsBase(_Block):
             missing = [n for n in getattr(known[name], "NEEDS", ()) if n not in self.adapt.methods]
             if missing:
                 raise ValueError(f"adapt.methods: {name} needs {missing} (its NEEDS) among adapt.methods")
+            for block in {key.split(".")[0] for key in known[name].PARAMS}:
+                if hasattr(known.get(block), "Config") and getattr(self, block, None) is None:
+                    raise ValueError(f"{block}: the block is missing; {name} (in adapt.methods) reads it")
         return self
 
     @model_validator(mode="after")
@@ -362,7 +365,8 @@ def params_model() -> type[ParamsBase]:
     try:
         from .methods import registry as methods
         from .studies import registry as studies
-        blocks = {name: (m.Config, ...) for name, m in sorted(methods().items()) if hasattr(m, "Config")}
+        # optional here: a method's block is required when a method of adapt.methods reads it (_methods)
+        blocks = {name: (m.Config | None, None) for name, m in sorted(methods().items()) if hasattr(m, "Config")}
         ablate = _compose_ablate({name: m.Config for name, m in studies().items() if hasattr(m, "Config")})
     finally:
         _composing = False

@@ -146,6 +146,8 @@ def _check_value(params, where: str, key: str, value) -> None:
     """A grid value through the schema of the block it sets (type and range), as the adapt stage will."""
     from pydantic import ValidationError
     block, _, rest = key.partition(".")
+    if getattr(params, block, None) is None:
+        raise ValueError(f"{where}: the params have no {block} block")
     tree = getattr(params, block).model_dump(mode="json")
     _set(tree, rest, value)
     try:

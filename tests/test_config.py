@@ -402,3 +402,15 @@ def test_the_method_list_and_waves_follow_needs():
     assert waves(params, ["lora"]) == [["lora"]]
     with pytest.raises(ConfigError, match="not among adapt.methods"):
         waves(params, ["nope"])
+
+
+def test_a_method_block_is_needed_only_while_a_listed_method_reads_it():
+    raw = profile.render("quick")
+    del raw["lora"]
+    with pytest.raises(ConfigError, match=r"^params: lora: the block is missing; lora \(in adapt.methods\) reads it$"):
+        parse(raw)
+    raw["adapt"]["methods"] = ["sam", "tuning", "equalizer"]  # lora's file stays, its name is out
+    assert parse(raw).lora is None
+    del raw["tuning"]
+    with pytest.raises(ConfigError, match=r"^params: tuning: the block is missing; tuning \(in adapt.methods\)"):
+        parse(raw)
