@@ -63,7 +63,7 @@ def _cifar_counts(kind: str, where, source: str) -> tuple[int, int]:
     if kind == "python":
         return CIFAR_SIZES[source]
     import numpy as np
-    return tuple(np.load(where / f"{s}_images.npy", mmap_mode="r").shape[0] for s in ("train", "test"))
+    return tuple(np.load(where / f"{s}_images.npy", mmap_mode="r", allow_pickle=False).shape[0] for s in ("train", "test"))
 
 
 def check_data(params: Params, paths: Paths, timeout: float = 3.0) -> None:

@@ -92,7 +92,7 @@ def _train(c: _AtLevel, method: str, d: str, s: float, out: Cell, sam_cell: Cell
     to it (``sam_cell``)."""
     torch.manual_seed(c.params.adapt.seed)  # as the adapt stage's cells
     if method == "sam":
-        r = sam.adapt(c, d, s, out, None)
+        r = sam.adapt(c, d, s, out, _Quiet())
     elif method == "lora":
         c = dataclasses.replace(c, sam_cell=sam_cell)
         r = lora.adapt(c, d, s, Cell(c.checkpoints / "lora", f"lora-{cell_name(d, s)}", c.checkpoints), _Quiet())
