@@ -29,7 +29,7 @@ from .combine import EVERY, SOME, holm, intersection_union, per_domain_block, so
 from .findings import C3, C3_TOLERANCE_DB, C5, HEADLINE_BASELINES, PAPER_HEADLINE_PCT, READING, H
 from .gains import BASES_COLUMNS, GAIN_BASELINES, main_gains
 from .guarantees import ALIGNMENT_ROUTES, C1, C2, C2_LIMIT_PCT, C4, FULL_COPY_PCT, ZF
-from .network import NETWORK_AGENTS, NETWORK_SCALING, PER_AGENT, PER_PARTNER, network_bytes
+from .network import NETWORK_AGENTS, NETWORK_SCALING, PER_AGENT, PER_PARTNER, network_bytes, scaling
 from .render import claims_markdown, entry, gains_lines, per_domain_lines, provenance_line, write_claims
 
 CLAIMS = (C1, ZF, C2, C3, C4, C5, H)  # the paper's order; ZF beside C1, the other zero-forget guarantee
@@ -72,6 +72,6 @@ __all__ = [
     "c1_zero_misalignment", "c2_memory_below_one_percent", "c3_close_to_tuning", "c4_alignment_is_paid",
     "c5_improves_on_pretrained", "check_all", "claims_markdown", "entry", "estimate", "failed_guarantees",
     "gamma_key", "gamma_pct", "headline_improvement", "holm", "intersection_union", "main", "measure_all",
-    "network_bytes", "one_percent_gamma", "paired_seeds", "per_domain", "per_seed", "provenance_line",
+    "network_bytes", "scaling", "one_percent_gamma", "paired_seeds", "per_domain", "per_seed", "provenance_line",
     "read_claims", "sam_sparsities", "stacked_images", "values", "write_claims", "zf_switch_off_exact",
 ]

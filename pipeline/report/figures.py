@@ -226,7 +226,7 @@ def fig_memory_network(frames: Frames):
     for key, rows in mean.groupby(level=KEY, observed=True, dropna=False, sort=False):
         method, sparsity = key
         agents = rows.index.get_level_values("agents").to_numpy()
-        style = "--" if claims.NETWORK_SCALING[method] == claims.PER_PARTNER else "-"
+        style = "--" if claims.scaling(method) == claims.PER_PARTNER else "-"
         gammas = sorted(set(mean.xs(method, level="method").index.get_level_values("sparsity").dropna()))
         marker = "." if pd.isna(sparsity) else MARKERS[gammas.index(sparsity) % len(MARKERS)]
         for ax, column in zip(axes, ("per_agent_bytes", "total_bytes")):

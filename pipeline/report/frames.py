@@ -127,7 +127,7 @@ def memory_network(df: pd.DataFrame, domains: int) -> Cells:
     units = memory.groupby([*KEY, "seed", "metric"], observed=True, dropna=False, sort=False)["value"].mean()
     rows = []
     for (method, sparsity, seed), unit in units.unstack("metric").iterrows():
-        if method not in claims.NETWORK_SCALING:
+        if claims.scaling(method) is None:
             continue
         for k in claims.NETWORK_AGENTS:
             per_agent = claims.network_bytes(method, unit["memory_bytes"], k, domains)
