@@ -20,13 +20,17 @@ def locked_outputs(repo) -> dict[str, str]:
 
 
 def varying(path: str) -> bool:
+    """A listed file, or a folder output holding listed files (its hash covers theirs: tables/)."""
     prefix = f"reports/{RUN}/"
-    return path.startswith(prefix) and any(fnmatch(path[len(prefix):], pat) for pat in VARYING_OUTPUTS)
+    rel = path[len(prefix):]
+    return path.startswith(prefix) and any(fnmatch(rel, pat) or pat.startswith(rel + "/") for pat in VARYING_OUTPUTS)
 
 
 def test_the_varying_list_matches_report_paths_only():
     assert varying(f"reports/{RUN}/tables/main.md") and varying(f"reports/{RUN}/metrics/pretrain.json")
+    assert varying(f"reports/{RUN}/tables")  # the folder output holding the listed tables/*.md
     assert not varying(f"reports/{RUN}/tables/main.csv") and not varying(f"build/{RUN}/data")
+    assert not varying(f"reports/{RUN}/figures") and not varying(f"build/{RUN}/adapt")
     assert not varying(f"reports/{RUN}/metrics/evaluation.csv")
 
 
