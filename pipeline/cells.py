@@ -25,7 +25,7 @@ from . import sources
 from .config import ConfigError
 from .paths import Cell, Paths, cell_name
 from .selection import Trial, cell_grid, choose, grid_points, trial_params
-from .storage import pid_alive, write_json
+from .storage import file_sha256, pid_alive, write_json
 from .tracking import Tracker, execution_key, tracking_uri
 
 if TYPE_CHECKING:
@@ -64,14 +64,6 @@ def key_params(params: Params, module) -> dict:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def code_digest(method: str) -> str:
     """sha256 of the source a cell of ``method`` runs: this module and the method's file, with their imports."""
     return sources.digest(__name__, f"pipeline.methods.{method}")
@@ -87,7 +79,7 @@ def input_digests(paths: Paths, module) -> dict[str, str]:
     if missing or not files[:-1]:
         raise ConfigError(f"adapt: inputs missing ({', '.join(map(str, missing)) or paths.data}); run the "
                           "earlier stages first (dvc repro)")
-    return {f.relative_to(paths.root).as_posix(): _sha256(f) for f in files}
+    return {f.relative_to(paths.root).as_posix(): file_sha256(f) for f in files}
 
 
 def cell_key(module, domain: str, sparsity: float | None, common: dict, params: dict | None = None,

@@ -21,18 +21,11 @@ from typing import TYPE_CHECKING
 import yaml
 
 from .sources import _code
+from .storage import file_sha256
 
 if TYPE_CHECKING:
     from .config import Params
     from .paths import Paths
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(path: Path) -> list[Path]:
@@ -95,7 +88,7 @@ class Memo:
                     if f.suffix == ".py":
                         code[rel] = hashlib.sha256(_code(f).encode()).hexdigest()
                 else:
-                    data[rel] = _sha256(f)
+                    data[rel] = file_sha256(f)
         parts = {"stage": self.stage, "cmd": self.spec["cmd"], "params": params, "code": code, "data": data}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 

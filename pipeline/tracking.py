@@ -124,8 +124,8 @@ def owner_tags(pid: int | None = None, started: float | None = None) -> dict:
 
 
 def owner_gone(tags: dict) -> bool:
-    """Whether the process named by a run's owner tags has ended: on this host, no process with that
-    pid (or one started at another time: the pid was reused). Unknown (no tags, another host, psutil
+    """Whether the process named by a run's owner tags has ended: on the machine running the check, no
+    process with that pid (or one started at another time: the pid was reused). Unknown (no tags, another host, psutil
     missing or denied) counts as alive: only a dead owner's run is ever closed."""
     pid, host, started = tags.get(TAG_PID), tags.get(TAG_HOST), tags.get(TAG_STARTED)
     if not pid or host != socket.gethostname():

@@ -144,7 +144,7 @@ def adapt_every_cell(params: config.Params, paths: Paths) -> None:
 
 @pytest.fixture(scope="session")
 def adapted_build(tmp_path_factory, tiny_splits, mlflow_template) -> Path:
-    """build/ of the shared adapted project: pretrained and every cell adapted, once per session (~15 s)."""
+    """build/ of the shared adapted project: pretrained and every cell adapted, once per test run (~15 s)."""
     from pipeline.stages import write_npy
     root = tmp_path_factory.mktemp("adapted") / "project"
     root.mkdir()

@@ -67,7 +67,7 @@ def make_copy(dest: Path, mlflow_template: Path, raw: dict | None = None) -> Pat
     git = ["git", "-c", "user.name=zfda-test", "-c", "user.email=zfda-test@localhost", "-c", "commit.gpgsign=false"]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "reliability test copy"]):
         subprocess.run(git + cmd, cwd=dest, check=True, capture_output=True, timeout=120)
-    shutil.copy(mlflow_template, dest / "mlflow.db")  # migrated once per session, not per copy
+    shutil.copy(mlflow_template, dest / "mlflow.db")  # migrated once per test run, not per copy
     return dest
 
 

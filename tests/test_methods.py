@@ -3,7 +3,7 @@ real byte counts, the equalizer equalizes, sam's links stay the pretrained link 
 Rayleigh channel too (C1). The evaluation, the network view and the studies: tests/test_evaluation.py,
 tests/test_network.py, tests/studies/.
 
-Every test runs in its own isolated project with a copy of the session's adapted build/ (conftest
+Every test runs in its own isolated project with a copy of the test run's shared adapted build/ (conftest
 ``adapted``: pretrain + every adapt cell, built once; it raises tuning.lr and equalizer.epochs, see
 TUNING_LR there).
 """
