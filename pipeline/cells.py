@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from . import sources
 from .config import ConfigError
 from .paths import Cell, Paths, cell_name
-from .selection import Trial, cell_grid, choose, grid_points, trial_params
+from .selection import Trial, cell_grid, choose, grid_points, scoring_seeds, trial_params
 from .storage import file_sha256, pid_alive, write_json
 from .tracking import Tracker, execution_key, tracking_uri
 
@@ -177,10 +177,14 @@ def check_grid(params: Params, module) -> None:
             raise ConfigError(f"search.{module.NAME}.{key}: not among the method's params {list(module.PARAMS)}")
 
 
-def plan(params: Params, paths: Paths, module, extended: list[dict] = ()) -> list[Task]:
+def plan(params: Params, paths: Paths, module, extended: list[dict] = (),
+         replicas: dict[tuple[str, float | None], int] | None = None) -> list[Task]:
     """Every cell of the method: domain x sparsity x trial (seed x grid point), with its content key, then
     the ``extended`` points' cells (``{"setting", "cells"}``, numbered after the grid's; only their cells).
-    Upstream methods (``NEEDS``) must be assembled first: their choices and files enter the keys."""
+    The grid's and the extension's points train the scoring seeds (``selection.scoring_seeds``: every seed
+    by default); with ``replicas`` ((domain, sparsity) -> the chosen point) the other seeds train at the
+    chosen point too. Upstream methods (``NEEDS``) must be assembled first: their choices and files enter
+    the keys."""
     check_grid(params, module)
     chosen = tuple((m, tuple(sorted(choose(params, paths, m, method_module(m)).items(), key=str)))
                    for m in getattr(module, "NEEDS", ()))
@@ -188,22 +192,36 @@ def plan(params: Params, paths: Paths, module, extended: list[dict] = ()) -> lis
     every = cell_grid(params, module)
     points = [(p, every) for p in grid_points(params, module.NAME)]
     points += [(e["setting"], [tuple(c) for c in e["cells"]]) for e in extended]
-    tasks = []
-    for h, (point, cells) in enumerate(points):
-        for seed in range(params.adapt.seeds):
+    scoring, tasks = scoring_seeds(params, module.NAME), []
+
+    def add(h: int, seeds, cells) -> None:
+        for seed in seeds:
             trial = Trial(seed, h)
-            tp = trial_params(params, point, seed)
+            tp = trial_params(params, points[h][0], seed)
             kp = key_params(tp, module)
             for d, s in cells:
                 key = cell_key(module, d, s, common, kp, trial, {m: dict(c) for m, c in chosen})
                 tasks.append(Task(tp, paths, module.NAME, d, s, key, trial, chosen))
+
+    for h, (_, cells) in enumerate(points):
+        add(h, range(scoring), cells)
+    for (d, s), h in sorted((replicas or {}).items(), key=str):
+        add(h, range(scoring, params.adapt.seeds), [(d, s)])
     return tasks
 
 
+def replicas_needed(params: Params, method: str) -> bool:
+    """Whether the method's other seeds wait for its choice (``search.seeds`` below ``adapt.seeds``)."""
+    return scoring_seeds(params, method) < params.adapt.seeds
+
+
 def scores(tasks: list[Task]) -> dict[tuple[str, float | None], dict[int, float]]:
-    """(domain, sparsity) -> grid point -> mean validation PSNR over seeds, from the computed cells."""
+    """(domain, sparsity) -> grid point -> mean validation PSNR over the scoring seeds, from the computed
+    cells."""
     vals: dict = {}
     for t in sorted(tasks, key=lambda t: t.trial.seed):
+        if t.trial.seed >= scoring_seeds(t.params, t.method):
+            continue  # a replicate at the chosen point: it does not score the point
         result = json.loads((t.stored / f"{t.name}.json").read_text())
         vals.setdefault((t.domain, t.sparsity), {}).setdefault(t.trial.point, []).append(result["details"]["val_psnr"])
     return {cell: {h: statistics.fmean(v) for h, v in sorted(by.items())} for cell, by in vals.items()}

@@ -16,13 +16,20 @@ Extension to interior optima (``search.max_extend``). A *searched* key has two o
 Where a (domain, sparsity)'s choice sits on an edge of the values its key was tried at, the adapt stage
 trains one more point beyond that edge -- the chosen point with that key one step further: the grid's
 own ratio at that edge for positive floats (log-spaced learning rates), its own difference for ints
-and other numbers -- for that (domain, sparsity) only, every seed, and chooses again; at most
+and other numbers -- for that (domain, sparsity) only, every scoring seed (below), and chooses again; at most
 ``max_extend`` steps per key and direction. A step the key's schema refuses (its range, or a rule
 across keys) is not taken. The extended points are stored with the method's cells
 (``build/<run>/adapt/<method>/grid.json``, written only when there is one) and numbered after the
 grid's (``…-h2``, ``…-h3``); every reader (``grid_points`` with ``paths``, ``choose``, the studies)
 sees them. Each choice is then *interior* (tried values on both sides), *capped (max_extend)*,
 *capped (range)* or *edge-unsearched* (on an edge, max_extend 0). String values are not extended.
+
+Scoring seeds (``search.seeds``). By default every seed of ``adapt.seeds`` trains at every point and the
+choice reads their mean. With ``search.seeds: N`` (fewer than ``adapt.seeds``) only the first N seeds
+train at every point (the extension's included) and score it; once the choice is made, the remaining
+seeds train at the chosen point alone. The choice is still made on validation data only, from N seeds;
+the test numbers keep every seed. A cell's key does not depend on N: a seed at a point is the same cell
+either way, so N = adapt.seeds is the default's run exactly.
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ Grid = dict[str, tuple[GridValue, ...]]
 INTERIOR, CAPPED, RANGE, EDGE = "interior", "capped (max_extend)", "capped (range)", "edge-unsearched"
 STATUSES = (INTERIOR, CAPPED, RANGE, EDGE)
 EXTEND = "extend"  # a step to train (the adapt stage's extension has not taken it yet)
-FIELDS = ["method", "domain", "sparsity", "point", "setting", "val_psnr", "chosen", "origin", "choice"]
+FIELDS = ["method", "domain", "sparsity", "point", "setting", "val_psnr", "seeds", "chosen", "origin", "choice"]
 GRID_FILE = "grid.json"
 
 
@@ -50,6 +57,9 @@ class Search(BaseModel):
     __pydantic_extra__: dict[str, Grid]
     max_extend: Annotated[int, Field(ge=0, le=10, strict=True)] = Field(
         default=0, description="steps beyond a grid edge a choice on that edge may extend its key, per direction")
+    seeds: Annotated[int, Field(ge=0, le=100, strict=True)] = Field(
+        default=0, description="the first N adaptation seeds score the grid's points (0: every seed); the "
+                               "other seeds train at the chosen point only")
 
     def grids(self) -> dict[str, Grid]:
         return dict(self.__pydantic_extra__ or {})
@@ -266,6 +276,13 @@ def extend(params, method: str, entries: list[dict], scores: dict[tuple, dict[in
     return out
 
 
+def picks(params, method: str, entries: list[dict], scores: dict[tuple, dict[int, float]]) -> dict[tuple, int]:
+    """(domain, sparsity) -> the point chosen from ``scores`` (the scoring seeds' mean validation PSNR per
+    point), the extension's points (``entries``) included: what ``choose`` reads back from the cells."""
+    points = grid_points(params, method) + [e["setting"] for e in entries]
+    return {cell: line_search(params, method, points, cell_scores)[0] for cell, cell_scores in scores.items()}
+
+
 def status(keys: dict[str, tuple[str, dict | None]]) -> str:
     """One choice's status: one word when every searched key agrees, else per key ("" without a key)."""
     per = {k: EDGE if s == EXTEND else s for k, (s, _) in keys.items()}
@@ -298,6 +315,13 @@ class Trial:
         return "-".join(([f"s{self.seed}"] if self.seed else []) + ([f"h{self.point}"] if self.point else []))
 
 
+def scoring_seeds(params, method: str) -> int:
+    """How many seeds score a grid point of ``method`` (the first ones): ``search.seeds`` (0: all) where the
+    method has a grid, every seed otherwise (one point: nothing to choose, so nothing to save)."""
+    n, seeds = params.search.seeds, params.adapt.seeds
+    return seeds if n == 0 or len(grid_points(params, method)) == 1 else min(n, seeds)
+
+
 def trials(params, method: str) -> list[Trial]:
     return [Trial(s, h) for h in range(len(grid_points(params, method))) for s in range(params.adapt.seeds)]
 
@@ -313,15 +337,16 @@ def cell_grid(params, module, domains=None) -> list[tuple[str, float | None]]:
 
 
 def validation_table(params, paths, method: str, module) -> list[dict]:
-    """Per domain, sparsity and grid point (the extended ones included): the mean validation PSNR over
-    seeds, whether it is chosen, where the point comes from and, on the chosen row, the choice's status."""
+    """Per domain, sparsity and grid point (the extended ones included): the mean validation PSNR over the
+    scoring seeds, whether it is chosen, where the point comes from and, on the chosen row, the choice's
+    status."""
     points, first = grid_points(params, method, paths), len(grid_points(params, method))
     rows = []
     for (d, s), hs in available(params, paths, method, module).items():
-        scores = {}
+        scores, n = {}, scoring_seeds(params, method)
         for h in hs:
             vals = []
-            for seed in range(params.adapt.seeds):
+            for seed in range(n):
                 cell = paths.cell(method, d, s, Trial(seed, h).tag)
                 details = json.loads(cell.metrics.read_text())["details"]
                 if "val_psnr" not in details:
@@ -332,7 +357,7 @@ def validation_table(params, paths, method: str, module) -> list[dict]:
         for h in hs:
             rows.append({"method": method, "domain": d, "sparsity": "" if s is None else s, "point": h,
                          "setting": json.dumps(points[h], sort_keys=True) if points[h] else "(as params)",
-                         "val_psnr": round(scores[h], 4), "chosen": h == best,
+                         "val_psnr": round(scores[h], 4), "seeds": n, "chosen": h == best,
                          "origin": "grid" if h < first else "extension", "choice": status(keys) if h == best else ""})
     return rows
 

@@ -409,3 +409,52 @@ def test_an_unreadable_grid_file_is_refused_in_one_line(project):
         with pytest.raises(ValueError, match=r"grid\.json unusable \(\w+: .*\); re-run the adapt stage") as err:
             selection.grid_points(project.params, "tuning", project.paths)
         assert "\n" not in str(err.value)
+
+
+def test_scoring_seeds_score_the_grid_and_the_other_seeds_train_at_the_choice_only(prepared, capsys):
+    """search.seeds 1 of adapt.seeds 2: seed 0 trains at every point and alone decides the choice; seed 1
+    trains at the chosen point only, as the same cell (same key) a run scoring every seed trains; evaluate
+    measures both seeds there; sam (no grid: nothing to choose) trains every seed."""
+    from pipeline.cells import method_module, plan
+    from pipeline.stages import evaluate
+
+    from .conftest import adapted_raw
+    raw = adapted_raw(prepared.raw)
+    raw["adapt"]["methods"] = ["sam", "tuning"]
+    raw["adapt"]["sparsities"] = [0.1]
+    raw["adapt"]["seeds"] = 2
+    raw["search"] = {"seeds": 1, "tuning": {"tuning.lr": [0.0003, 0.003]}}
+    prepared.write_params(raw)
+    params, paths, module = prepared.params, prepared.paths, method_module("tuning")
+    assert selection.scoring_seeds(params, "tuning") == 1 and selection.scoring_seeds(params, "sam") == 2
+    adapt_every_cell(params, paths)
+    cells = selection.cell_grid(params, module)
+    chosen = selection.choose(params, paths, "tuning", module)
+    for d, s in cells:
+        val = {h: json.loads(paths.cell("tuning", d, s, Trial(0, h).tag).metrics.read_text())["details"]["val_psnr"]
+               for h in (0, 1)}
+        assert chosen[(d, s)] == max(val, key=val.get)  # seed 0 alone decides
+        assert paths.cell("tuning", d, s, Trial(1, chosen[(d, s)]).tag).metrics.is_file()
+        assert not paths.cell("tuning", d, s, Trial(1, 1 - chosen[(d, s)]).tag).metrics.exists()
+    assert len(list(paths.adapt("tuning").glob("*.json"))) == 3 * len(cells)
+    assert len(list(paths.adapt("sam").glob("*.json"))) == 2 * len(selection.cell_grid(params, method_module("sam")))
+    rows = selection.validation_table(params, paths, "tuning", module)
+    assert len(rows) == 2 * len(cells)  # one row per point, read from the scoring seed
+    # the same cells as a run scoring every seed: planned with search.seeds 0 they are a superset
+    raw_all = json.loads(json.dumps(raw))
+    raw_all["search"]["seeds"] = 0
+    every = {t.stored for t in plan(make_params(raw_all), paths, module)}
+    mine = plan(params, paths, module, replicas=chosen)
+    assert len(mine) == 3 * len(cells) and {t.stored for t in mine} <= every
+    evaluate.main(params, paths)
+    seeds = {r["seed"] for r in csv.DictReader(paths.evaluation_csv.open()) if r["method"] == "tuning_copy"}
+    assert seeds == {"0", "1"}
+    adapt_every_cell(params, paths)
+    assert "0 computed" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_search_seeds_is_checked_in_one_line(tiny_params):
+    tiny_params["search"] = {"seeds": -1}
+    with pytest.raises(ConfigError, match=r"search\.seeds = -1: .*greater than or equal to 0") as err:
+        make_params(tiny_params)
+    assert "\n" not in str(err.value)

@@ -110,14 +110,15 @@ def controls(df: pd.DataFrame, domains: list[str]) -> Cells:
 
 
 def validation_cells(validation: pd.DataFrame | None) -> Cells | None:
-    """The search grid as evaluate chose from it (validation PSNR, mean over seeds; the chosen point, where
-    its point comes from, the choice's status: interior, capped, edge-unsearched); None when no method searched."""
+    """The search grid as evaluate chose from it (validation PSNR, mean over the scoring seeds, and their
+    number; the chosen point, where its point comes from, the choice's status: interior, capped,
+    edge-unsearched); None when no method searched."""
     if validation is None or validation.empty:
         return None
     v = validation.assign(chosen=validation["chosen"].map(lambda c: "chosen" if str(c) == "True" else ""))
     v["sparsity"] = pd.to_numeric(v["sparsity"].replace("", float("nan")))
-    return Cells(v.set_index(["method", "sparsity", "domain", "point"])[["setting", "val_psnr", "chosen", "origin",
-                                                                          "choice"]])
+    return Cells(v.set_index(["method", "sparsity", "domain", "point"])[["setting", "val_psnr", "seeds", "chosen",
+                                                                          "origin", "choice"]])
 
 
 def memory_network(df: pd.DataFrame, domains: int) -> Cells:

@@ -6,7 +6,8 @@ wave after its ``NEEDS``), computes the missing ones of each wave at once throug
 method's artefacts and ``<cell>.json``, keys CELL_KEYS). Cells are content-keyed (``pipeline.cells``):
 an unchanged cell is copied from the store, not recomputed. Then a wave's choices on an edge of their
 grid are extended (``search.max_extend``, ``pipeline.selection``): the next step's cells are computed and
-the choice made again, until every choice is interior or capped; the extended points go to the method's
+the choice made again, until every choice is interior or capped; with ``search.seeds`` below
+``adapt.seeds`` the other seeds then train at each choice. The extended points go to the method's
 ``grid.json`` before the next wave plans. ``--method NAME`` (repeatable) runs only those methods (their
 NEEDS must have run); DVC runs them all.
 """
@@ -17,9 +18,9 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from ..cells import assemble, compute, executor, method_module, plan, scores
+from ..cells import assemble, compute, executor, method_module, plan, replicas_needed, scores
 from ..methods import waves
-from ..selection import extend, grid_points, write_extended
+from ..selection import extend, grid_points, picks, write_extended
 from ..tracking import Tracker
 from . import run
 
@@ -45,6 +46,14 @@ def main(params: Params, paths: Paths, argv: list[str] | None = None) -> None:
                 done += len(todo)
                 grown = {name: extend(params, name, extended[name], scores(ts)) for name, ts in tasks.items()}
                 grow, extended = grown != extended, grown
+            chosen = {name: picks(params, name, extended[name], scores(ts)) for name, ts in tasks.items()
+                      if replicas_needed(params, name)}
+            if chosen:  # search.seeds: the other seeds at each choice
+                tasks.update({name: plan(params, paths, method_module(name), extended[name], c)
+                              for name, c in chosen.items()})
+                todo = [t for name in chosen for t in tasks[name] if not t.stored.is_dir()]
+                run_ex.map(compute, todo)
+                done += len(todo)
             for name, ts in tasks.items():
                 assemble(paths, name, ts)
                 write_extended(paths, name, extended[name], len(grid_points(params, name)))

@@ -15,7 +15,7 @@ from pipeline.stages import EXIT_BAD_INPUT, report, run, write_json, write_npy, 
 from ..synthetic import REFERENCE, bases_table, domain_psnr, through_csv, tidy
 
 VALIDATION = [{"method": "tuning", "domain": "VA", "sparsity": "", "point": 0, "setting": '{"tuning.lr": 0.001}',
-               "val_psnr": 20.5, "chosen": True, "origin": "grid", "choice": "edge-unsearched"}]
+               "val_psnr": 20.5, "seeds": 1, "chosen": True, "origin": "grid", "choice": "edge-unsearched"}]
 
 
 def write_inputs(params, paths, df: pd.DataFrame) -> None:

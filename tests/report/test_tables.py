@@ -90,11 +90,11 @@ def test_ssim_cross_traffic_and_controls_tables(full):
 def test_the_validation_table_shows_the_grid_and_the_choice(full):
     validation = pd.DataFrame([
         {"method": "tuning", "domain": "VA", "sparsity": "", "point": h, "setting": f'{{"tuning.lr": {lr}}}',
-         "val_psnr": v, "chosen": h == 1, "origin": origin, "choice": "capped (max_extend)" if h == 1 else ""}
+         "val_psnr": v, "seeds": 2, "chosen": h == 1, "origin": origin, "choice": "capped (max_extend)" if h == 1 else ""}
         for h, (lr, v, origin) in enumerate([(0.001, 20.5, "grid"), (0.01, 21.25, "extension")])])
     flat = flat_tables(full, validation)["validation"]
-    assert list(flat.columns) == ["method", "sparsity_pct", "domain", "point", "setting", "val_psnr", "chosen",
-                                  "origin", "choice"]
+    assert list(flat.columns) == ["method", "sparsity_pct", "domain", "point", "setting", "val_psnr", "seeds",
+                                  "chosen", "origin", "choice"]
     assert flat["chosen"].tolist() == ["", "chosen"] and flat["val_psnr"].tolist() == [20.5, 21.25]
     assert flat["origin"].tolist() == ["grid", "extension"]
 
@@ -115,7 +115,7 @@ def test_the_validation_summary_counts_each_methods_choices_by_status():
 
 def test_the_validation_markdown_ends_with_the_summary(full, tmp_path):
     validation = pd.DataFrame([{"method": "tuning", "domain": "VA", "sparsity": "", "point": 0,
-                                "setting": '{"tuning.lr": 0.001}', "val_psnr": 20.5, "chosen": True,
+                                "setting": '{"tuning.lr": 0.001}', "val_psnr": 20.5, "seeds": 1, "chosen": True,
                                 "origin": "grid", "choice": "edge-unsearched"}])
     write_tables(frames(full, validation), tmp_path, "H")
     text = (tmp_path / "validation.md").read_text()
