@@ -42,12 +42,15 @@ if TYPE_CHECKING:
     from .methods import Context
 
 # Where batching pays: on CUDA from 2 cells; on the CPU from CPU_CROSSOVER[threads] cells at that many torch
-# threads, the smallest K from which the measured median batched/sequential cells/s ratio stayed above 1
-# (``python -m benchmarks.batched``, reports/benchmarks.md, section "Batched cells"); None, or a thread
-# count not measured: never on the CPU. Measured on a 2-core AMD EPYC (AVX-512, loaded: load average 5-8):
-# at 1 thread batched was 0.81-0.87x at every K (a grouped convolution runs slower on one core than its K
-# convolutions); at 2 threads 1.19x at K = 4, 3.2x at 8, 1.33x at 16 (noisy: K = 1 itself read 1.10x).
-CPU_CROSSOVER: dict[int, int | None] = {1: None, 2: 4}
+# threads, the smallest K from which the measured median batched/sequential cells/s ratio stayed at 1.05 or
+# more (``python -m benchmarks.batched``, reports/benchmarks.md, section "Batched cells"); None, or a thread
+# count not measured: never on the CPU (``execute.batch: always`` still stacks there). Measured quiet on 2
+# cores of an AMD EPYC with AVX2 and no AVX-512 (the kind the benchmark targets): 0.94-0.96x at 1 thread,
+# 0.96-1.11x at 2 (1.00x at K = 8 and 16): no gain. An earlier run on an AVX-512 EPYC under load (load
+# average 5-8) read 1.19-3.2x at 2 threads with K = 1 itself at 1.10x: noise, not a crossover.
+CPU_CROSSOVER: dict[int, int | None] = {1: None, 2: None}
+MAX_CELLS = 16      # cells a stacked step holds on CUDA (the adapt stage's batches, pipeline.cells)
+CPU_MAX_CELLS = 8   # on the CPU (execute.batch: always): no K measured faster than 8
 
 
 def use_batched(device: torch.device | str, k: int, threads: int | None = None) -> bool:
@@ -235,28 +238,8 @@ def _fit_one(run: dict) -> list[dict]:
     return train.fit(**run, forward=lambda x, g: model(x, g))
 
 
-def train_tuning_cells(ctxs: list[Context], domains: list[str], outs: list, trackers: list,
-                       max_cells: int = 16, batch: bool | None = None) -> list[dict]:
-    """``tuning.adapt(ctx, domain, None, out, tracker)`` for every cell, their trainings (the domain's
-    fine-tuning, then the re-tuning on base images) batched where ``use_batched`` says it pays (``batch``
-    True: always, False: never).
-    Returns the cells' results in order; ``train_seconds`` is each cell's share of the batch's time."""
-    from .methods import tuning
-    return tuning.adapt_cells(ctxs, domains, outs, trackers, fit_all=lambda runs: fit_grouped(runs, max_cells, batch))
-
-
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
     """Largest |a - b| per tensor of two state dicts (their keys must match)."""
     if a.keys() != b.keys():
         raise ValueError(f"state dicts differ in keys: {sorted(set(a) ^ set(b))}")
     return {n: float((a[n].float() - b[n].float()).abs().max()) if a[n].numel() else 0.0 for n in a}
-
-
-def train_sam_cells(ctxs: list[Context], domains: list[str], sparsities: list[float], outs: list, trackers: list,
-                    max_cells: int = 16, batch: bool | None = None) -> list[dict]:
-    """``sam.adapt(ctx, domain, sparsity, out, tracker)`` for every cell, their trainings batched where
-    ``use_batched`` says it pays (``batch``: as in ``train_tuning_cells``); cells of different sparsities
-    share a step (their scores and values have the weights' shapes whatever the budget)."""
-    from .methods import sam
-    return sam.adapt_cells(ctxs, domains, sparsities, outs, trackers,
-                           fit_all=lambda runs: fit_grouped(runs, max_cells, batch))

@@ -9,6 +9,13 @@ upstream files it reads. Computed cells are kept in ``.cells/<run>/<method>/<cel
 every DVC output: a cell whose key is unchanged is copied, not recomputed. A cell is computed in a
 temporary folder and renamed into place when complete: a killed worker leaves nothing half-written
 that could be read, and two workers finishing the same cell keep the first complete copy.
+
+A method that defines ``adapt_cells`` may train its cells K at a time in one stacked step
+(``pipeline.batched``, ``execute.batch``; ``batched_path`` decides per method, from the method's grid, not
+from what is left to compute, so a resumed run takes the path of the run it resumes). A stacked step rounds
+otherwise than one cell at a time, so such cells carry ``"path": "batched"`` in their keys: each path's
+bytes stay reproducible and neither is ever read for the other. ``compute_batch`` computes a batch of
+cells as ``compute`` computes one: temporary folders, each renamed into place when complete.
 """
 from __future__ import annotations
 
@@ -107,6 +114,11 @@ class Task:
     key: str
     trial: Trial = Trial()
     chosen: tuple = ()  # upstream methods' chosen grid points, as (method, ((domain, sparsity), point)...)
+    batch: str = ""  # the batch it trains in, stacked with the batch's other cells (compute_batch); "": alone
+
+    @property
+    def batched(self) -> bool:
+        return bool(self.batch)
 
     @property
     def name(self) -> str:
@@ -117,16 +129,9 @@ class Task:
         return self.paths.cell_store(self.method) / f"{self.name}-{self.key}"
 
 
-def compute(task: Task) -> dict:
-    """Compute one cell into a temporary folder, then rename it into the cell store (atomic)."""
-    import torch
-
-    from .methods import CELL_KEYS, Context
-    from .train import setup_runtime
-    if task.stored.is_dir():  # another worker finished it first
-        return json.loads((task.stored / f"{task.name}.json").read_text())
-    params, paths, module = task.params, task.paths, method_module(task.method)
-    final = paths.cell(task.method, task.domain, task.sparsity, task.trial.tag)
+def _open(task: Task) -> tuple[Cell, Path]:
+    """The cell's temporary folder (stale ones of dead workers removed) and its ``Cell`` paths in it."""
+    final = task.paths.cell(task.method, task.domain, task.sparsity, task.trial.tag)
     tmp = task.stored.with_name(f".tmp-{task.stored.name}-{os.getpid()}")
     for stale in task.stored.parent.glob(f".tmp-{task.stored.name}-*"):  # left by a killed worker
         pid = stale.name.rsplit("-", 1)[-1]
@@ -134,31 +139,158 @@ def compute(task: Task) -> dict:
             shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    out = Cell(tmp, final.name, final.checkpoints)
-    rt = setup_runtime(params)
-    ctx = Context(params, paths, rt.pop("device_obj"), checkpoints=out.checkpoints, trial=task.trial,
-                  chosen={m: dict(c) for m, c in task.chosen})
-    torch.manual_seed(params.adapt.seed)
-    with Tracker(params, paths, "adapt", f"{task.method} {out.name}", closes_parent=False) as tracker:
-        tracker.set_tags({**rt, "method": task.method, "domain": task.domain, "sparsity": str(task.sparsity),
-                          "seed": str(task.trial.seed), "grid_point": str(task.trial.point), "cell_key": task.key})
-        result = module.adapt(ctx, task.domain, task.sparsity, out, tracker)
-        assert tuple(result) == CELL_KEYS, f"{task.method}.adapt returned keys {tuple(result)}, expected {CELL_KEYS}"
-        assert "val_psnr" in result["details"], f"{task.method}.adapt: details lack val_psnr (pipeline/selection.py)"
-        tracker.log_metrics({k: v for k, v in result.items() if k in ("domain_psnr", "memory_bytes", "memory_cost_pct")})
-        tracker.log_metrics({k: v for k, v in result["details"].items() if isinstance(v, (int, float))})
-        # No run id, commit or seconds here (the seconds are in MLflow): a cell's file is a pure function of
-        # its key, byte-identical across equal runs, so DVC's hash of the adapt folder is too.
-        write_json(out.metrics, {**result, "details": {k: v for k, v in result["details"].items()
-                                                       if k not in TIMING_KEYS}})
+    return Cell(tmp, final.name, final.checkpoints), tmp
+
+
+def _tag(tracker: Tracker, task: Task, rt: dict, batch: int = 1) -> Tracker:
+    tracker.set_tags({**rt, "method": task.method, "domain": task.domain, "sparsity": str(task.sparsity),
+                      "seed": str(task.trial.seed), "grid_point": str(task.trial.point), "cell_key": task.key,
+                      "stacked_cells": str(batch)})
+    return tracker
+
+
+def _tracker(task: Task, out: Cell) -> Tracker:
+    return Tracker(task.params, task.paths, "adapt", f"{task.method} {out.name}", closes_parent=False)
+
+
+def _context(task: Task, device, out: Cell):
+    from .methods import Context
+    return Context(task.params, task.paths, device, checkpoints=out.checkpoints, trial=task.trial,
+                   chosen={m: dict(c) for m, c in task.chosen})
+
+
+def _close(task: Task, out: Cell, tmp: Path, result: dict, tracker: Tracker, drop_checkpoints: bool = True) -> dict:
+    """Check and write the cell's result, then rename its folder into the store (atomic); then drop its epoch
+    checkpoints (``drop_checkpoints`` False: the caller does, once every cell of its batch is stored)."""
+    from .methods import CELL_KEYS
+    assert tuple(result) == CELL_KEYS, f"{task.method}.adapt returned keys {tuple(result)}, expected {CELL_KEYS}"
+    assert "val_psnr" in result["details"], f"{task.method}.adapt: details lack val_psnr (pipeline/selection.py)"
+    tracker.log_metrics({k: v for k, v in result.items() if k in ("domain_psnr", "memory_bytes", "memory_cost_pct")})
+    tracker.log_metrics({k: v for k, v in result["details"].items() if isinstance(v, (int, float))})
+    # No run id, commit or seconds here (the seconds are in MLflow): a cell's file is a pure function of
+    # its key, byte-identical across equal runs, so DVC's hash of the adapt folder is too.
+    write_json(out.metrics, {**result, "details": {k: v for k, v in result["details"].items()
+                                                   if k not in TIMING_KEYS}})
     try:
         os.rename(tmp, task.stored)  # complete: visible to readers only now
     except OSError:  # the same cell finished by another worker meanwhile: keep the first copy
         shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(out.checkpoints, ignore_errors=True)  # the cell is complete: its checkpoints have served
+    if drop_checkpoints:
+        shutil.rmtree(out.checkpoints, ignore_errors=True)  # the cell is complete: its checkpoints have served
     print(f"adapt {task.method} {out.name}: domain PSNR {result['domain_psnr']:.2f} dB, "
           f"memory {result['memory_cost_pct']:.3f} %", flush=True)
     return result
+
+
+def _stored(task: Task) -> dict:
+    return json.loads((task.stored / f"{task.name}.json").read_text())
+
+
+def compute(task: Task) -> dict:
+    """Compute one cell into a temporary folder, then rename it into the cell store (atomic)."""
+    import torch
+
+    from .train import setup_runtime
+    if task.stored.is_dir():  # another worker finished it first
+        return _stored(task)
+    if task.batched:
+        raise ValueError(f"compute: {task.method} {task.name} trains in batch {task.batch}: compute_batch with every "
+                         "cell of it (cells.batches)")
+    out, tmp = _open(task)
+    rt = setup_runtime(task.params)
+    ctx = _context(task, rt.pop("device_obj"), out)
+    torch.manual_seed(task.params.adapt.seed)
+    with _tracker(task, out) as tracker:
+        _tag(tracker, task, rt)
+        result = method_module(task.method).adapt(ctx, task.domain, task.sparsity, out, tracker)
+        return _close(task, out, tmp, result, tracker)
+
+
+def compute_batch(tasks: list[Task]) -> list[dict]:
+    """Compute the cells of one planned batch at once: ``module.adapt_cells`` with every training in one
+    stacked step of the batch's K cells (``pipeline.batched.fit_cells``); each cell in its own temporary
+    folder, renamed into the store when complete, as ``compute`` does. A stacked step of another K rounds
+    otherwise, so while any cell of the batch is missing, every cell of it trains again (a stored one keeps
+    its first copy): a cell's bytes are a function of its key. The batch's epoch checkpoints are dropped
+    once all its cells are stored, so a run killed while they were being stored resumes at their last epoch."""
+    import contextlib
+
+    import torch
+
+    from .train import setup_runtime
+    fit_cells = _stacking().fit_cells
+    if len({(t.method, t.batch) for t in tasks}) != 1 or not tasks[0].batched:
+        raise ValueError("compute_batch: the cells of one planned batch (Task.batch)")
+    if all(t.stored.is_dir() for t in tasks):
+        return [_stored(t) for t in tasks]
+    module = method_module(tasks[0].method)
+    rt = setup_runtime(tasks[0].params)
+    device = rt.pop("device_obj")
+    opened = [_open(t) for t in tasks]
+    ctxs = [_context(t, device, out) for t, (out, _) in zip(tasks, opened)]
+    torch.manual_seed(tasks[0].params.adapt.seed)
+    with contextlib.ExitStack() as stack:
+        trackers = [_tag(stack.enter_context(_tracker(t, out)), t, rt, len(tasks)) for t, (out, _) in zip(tasks, opened)]
+        results = module.adapt_cells(ctxs, [t.domain for t in tasks], [t.sparsity for t in tasks],
+                                     [out for out, _ in opened], trackers, fit_all=fit_cells)
+        for t, (out, tmp), result, tracker in zip(tasks, opened, results, trackers, strict=True):
+            _close(t, out, tmp, result, tracker, drop_checkpoints=False)  # a stored cell keeps its first copy
+    for out, _ in opened:
+        shutil.rmtree(out.checkpoints, ignore_errors=True)
+    return [_stored(t) for t in tasks]
+
+
+def batches(tasks: list[Task]) -> list[list[Task]]:
+    """The tasks as the executor's items: the cells of one planned batch together (one ``compute_batch``),
+    every other cell alone (``compute``)."""
+    alone = [[t] for t in tasks if not t.batched]
+    grouped: dict[tuple[str, str], list[Task]] = {}
+    for t in tasks:
+        if t.batched:
+            grouped.setdefault((t.method, t.batch), []).append(t)
+    return alone + list(grouped.values())
+
+
+def compute_all(run_ex, tasks: list[Task]) -> int:
+    """Compute the tasks not yet stored through the executor ``run_ex`` (a batch with any cell missing: whole,
+    ``compute_batch``); returns how many cells were missing."""
+    todo = [b for b in batches(tasks) if not all(t.stored.is_dir() for t in b)]
+    missing = sum(not t.stored.is_dir() for b in todo for t in b)
+    run_ex.map(compute_items, todo)
+    return missing
+
+
+def compute_items(item: list[Task]) -> list[dict]:
+    """One executor item: a batch of one batched method's cells, or one cell."""
+    return compute_batch(item) if item[0].batched else [compute(item[0])]
+
+
+def batch_size(params: Params, module) -> int:
+    """How many of the method's cells train in one stacked step (``execute.batch``); 0: one at a time. Never
+    for a method without ``adapt_cells``; ``always``; ``auto``: where ``pipeline.batched.use_batched`` says it
+    pays on the device the cells train on (``train.device``), at their torch threads, for K = the cells of the
+    method's grid. At most ``batched.MAX_CELLS`` (CUDA) or ``batched.CPU_MAX_CELLS`` a step."""
+    if not hasattr(module, "adapt_cells") or params.execute.batch == "never":
+        return 0
+    import torch
+
+    from . import executors
+    stacking = _stacking()
+    device = "cuda" if params.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    k = len(cell_grid(params, module)) * scoring_seeds(params, module.NAME) * len(grid_points(params, module.NAME))
+    if params.execute.batch == "auto" and not stacking.use_batched(device, k, executors.cell_threads(params.train.threads)):
+        return 0
+    return stacking.MAX_CELLS if device == "cuda" else stacking.CPU_MAX_CELLS
+
+
+STACKING = "pipeline.batched"
+
+
+def _stacking():
+    """``pipeline.batched``, imported by name: the cells of the one-at-a-time path do not run it, so it is not
+    in their code digest (``pipeline.sources`` does not follow a name); a batched cell's key holds its digest."""
+    import importlib
+    return importlib.import_module(STACKING)
 
 
 def executor(params: Params, paths: Paths):
@@ -193,20 +325,29 @@ def plan(params: Params, paths: Paths, module, extended: list[dict] = (),
     points = [(p, every) for p in grid_points(params, module.NAME)]
     points += [(e["setting"], [tuple(c) for c in e["cells"]]) for e in extended]
     scoring, tasks = scoring_seeds(params, module.NAME), []
+    size = batch_size(params, module)
 
-    def add(h: int, seeds, cells) -> None:
-        for seed in seeds:
+    def segment(name: str, parts: list[tuple[int, range, list]]) -> None:
+        """Tasks planned together: on the batched path cut, in this order, into batches of ``size``; a cell's
+        key holds its batch's K (a stacked step's rounding depends on K), so a segment's batches must not
+        change when later segments (the extension's points, the replicas) are added."""
+        coords = [(h, seed, d, s) for h, seeds, cells in parts for seed in seeds for d, s in cells]
+        for i, (h, seed, d, s) in enumerate(coords):
             trial = Trial(seed, h)
             tp = trial_params(params, points[h][0], seed)
             kp = key_params(tp, module)
-            for d, s in cells:
-                key = cell_key(module, d, s, common, kp, trial, {m: dict(c) for m, c in chosen})
-                tasks.append(Task(tp, paths, module.NAME, d, s, key, trial, chosen))
+            batch, k = ((f"{name}/{i // size}", min(size, len(coords) - i // size * size)) if size else ("", 0))
+            stacked = {"path": "batched", "batch": k, "stacking": sources.digest(STACKING)} if k else {}
+            key = cell_key(module, d, s, {**common, **stacked}, kp, trial,
+                           {m: dict(c) for m, c in chosen})
+            tasks.append(Task(tp, paths, module.NAME, d, s, key, trial, chosen, batch))
 
-    for h, (_, cells) in enumerate(points):
-        add(h, range(scoring), cells)
-    for (d, s), h in sorted((replicas or {}).items(), key=str):
-        add(h, range(scoring, params.adapt.seeds), [(d, s)])
+    n_grid = len(grid_points(params, module.NAME))
+    segment("grid", [(h, range(scoring), cells) for h, (_, cells) in enumerate(points[:n_grid])])
+    for h in range(n_grid, len(points)):
+        segment(f"extend{h}", [(h, range(scoring), points[h][1])])
+    segment("replicas", [(h, range(scoring, params.adapt.seeds), [(d, s)])
+                         for (d, s), h in sorted((replicas or {}).items(), key=str)])
     return tasks
 
 

@@ -198,11 +198,14 @@ class Evaluate(_Block):
 
 
 class Execute(_Block):
-    """How the adapt stages run their cells (pipeline/executors.py); the numbers do not depend on it."""
+    """How the adapt stages run their cells (pipeline/executors.py); the numbers do not depend on it, but for
+    ``batch``: a stacked step rounds otherwise, so its cells are keyed apart (``pipeline.cells``)."""
     executor: Literal["local", "pool", "ray"] = Field(description="local: in the stage process; pool: worker "
                                                       "processes; ray: Ray tasks (RAY_ADDRESS or a local Ray)")
     workers: Annotated[int, Field(ge=0, le=4096)] = Field(description="pool workers; 0: cores // train.threads")
     gpus_per_cell: Annotated[float, Field(gt=0, le=1)] = Field(description="ray on CUDA: GPU share of a cell")
+    batch: Literal["auto", "always", "never"] = Field(description="K cells of a method with adapt_cells in one stacked step (pipeline/batched.py): auto: "
+        "on CUDA, and on the CPU from the measured crossover (batched.CPU_CROSSOVER); equal within rounding")
 
 
 class AblateBase(_Block):

@@ -266,3 +266,91 @@ def test_ray_gives_the_same_bytes_as_local(pretrained):
     expected, metrics = local_reference(pretrained)
     remote = run_sam(pretrained, "ray")
     assert_same_files(remote, expected, metrics)
+
+
+# ------------------------------------------------------------------------------ the batched path
+def run_batched(project, batch: str, stacked: list | None = None, monkeypatch=None, method="sam"):
+    """The adapt stage for ``method`` with ``execute.batch`` = ``batch``; ``stacked`` collects the K of every
+    stacked fit."""
+    from pipeline import batched
+    raw = project.raw
+    raw["execute"].update(executor="local", workers=0, batch=batch)
+    project.write_params(raw)
+    if stacked is not None:
+        monkeypatch.setattr(batched, "fit_cells", lambda runs, f=batched.fit_cells: stacked.append(len(runs)) or f(runs))
+    adapt.main(project.params, project.paths, ["--method", method])
+    return project.paths.adapt(method)
+
+
+def test_batched_cells_are_keyed_apart_and_equal_one_at_a_time_within_rounding(pretrained, monkeypatch):
+    """execute.batch always: the method's cells train in one stacked fit, under keys of their own (the
+    one-at-a-time cells stay in the store, untouched), and give the same results within 0.01 dB of PSNR
+    and the same memory; auto on the CPU keeps the one-at-a-time cells (CPU_CROSSOVER: never)."""
+    seq = without_timing(run_batched(pretrained, "never"))
+    before = set(stored(pretrained))
+    stacked: list[int] = []
+    bat = without_timing(run_batched(pretrained, "always", stacked, monkeypatch))
+    n = len(pretrained.params.domains.names) * len(pretrained.params.adapt.sparsities)
+    assert stacked == [n], "every cell of the grid in one stacked fit"
+    now = set(stored(pretrained))
+    assert before < now and len(now - before) == len(before), "each batched cell under a key of its own"
+    assert seq.keys() == bat.keys()
+    for name in seq:
+        a, b = seq[name], bat[name]
+        assert a["memory_bytes"] == b["memory_bytes"], name
+        assert abs(a["domain_psnr"] - b["domain_psnr"]) < 0.01, name
+        assert abs(a["details"]["val_psnr"] - b["details"]["val_psnr"]) < 0.01, name
+    assert without_timing(run_batched(pretrained, "auto")) == seq  # auto on this CPU: the one-at-a-time cells
+
+
+def test_a_missing_cell_of_a_batch_trains_again_with_its_whole_batch(pretrained, monkeypatch):
+    """A stacked step of another K rounds otherwise, so a batch with one cell missing trains all its cells
+    again: the recomputed cell has the bytes it had, and the stored ones keep theirs."""
+    folder = run_batched(pretrained, "always")
+    expected, metrics = ({k: v for k, v in digests(folder).items() if k.endswith(".safetensors")},
+                         without_timing(folder))
+    store = pretrained.paths.cell_store("sam")
+    victim = sorted(store.iterdir())[1]
+    shutil.rmtree(victim)
+    stacked: list[int] = []
+    folder = run_batched(pretrained, "always", stacked, monkeypatch)
+    assert stacked == [len(metrics)], "the whole batch trained again"
+    assert victim.is_dir()
+    assert_same_files(folder, expected, metrics)
+
+
+def test_batches_are_planned_from_the_grid_not_from_what_is_left(pretrained):
+    """The plan cuts each segment (the grid, each extended point, the replicas) into batches of at most
+    CPU_MAX_CELLS on the CPU, a cell's key holding its batch's K: adding an extended point leaves the grid's
+    batches and keys as they were."""
+    from pipeline import batched
+    from pipeline.methods import registry
+    raw = pretrained.raw
+    raw["execute"]["batch"] = "always"
+    raw["domains"]["names"] = ["VA", "VP", "VC", "VH"]
+    raw["adapt"]["sparsities"] = [0.01, 0.05, 0.1]  # 12 cells: a batch of 8 and one of 4
+    pretrained.write_params(raw)
+    params, paths, module = pretrained.params, pretrained.paths, registry()["sam"]
+    grid = cells.plan(params, paths, module)
+    assert batched.CPU_MAX_CELLS == 8
+    assert [len(b) for b in cells.batches(grid)] == [8, 4]
+    setting = {"adapt.value_lr": params.adapt.value_lr * 3}
+    more = cells.plan(params, paths, module, [{"setting": setting, "cells": [["VA", 0.01], ["VH", 0.1]]}])
+    assert [t.key for t in more[:len(grid)]] == [t.key for t in grid]
+    assert [len(b) for b in cells.batches(more)] == [8, 4, 2]
+    raw["execute"]["batch"] = "never"
+    pretrained.write_params(raw)
+    alone = cells.plan(pretrained.params, paths, module)
+    assert not any(t.batched for t in alone) and not {t.key for t in alone} & {t.key for t in grid}
+    with pytest.raises(ValueError, match="compute_batch"):
+        cells.compute(grid[0])
+
+
+def test_the_stage_counts_the_missing_cells_of_a_batch(pretrained, capsys):
+    run_batched(pretrained, "always")
+    victim = sorted(pretrained.paths.cell_store("sam").iterdir())[0]
+    shutil.rmtree(victim)
+    capsys.readouterr()
+    run_batched(pretrained, "always")
+    n = len(pretrained.params.domains.names) * len(pretrained.params.adapt.sparsities)
+    assert f"adapt: {n} cells, 1 computed, {n - 1} unchanged" in capsys.readouterr().out

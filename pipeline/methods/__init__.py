@@ -12,6 +12,10 @@ A method module defines:
 - ``adapt(ctx, domain, sparsity, out, tracker) -> dict``: adapt one agent to ``domain``, write the
   method's artefacts at the paths of ``out`` (a ``pipeline.paths.Cell``, owned by the adapt stage:
   ``out.artifact()``, ``out.artifact("variant")``), return the cell's metrics (keys: ``CELL_KEYS``);
+- optionally ``adapt_cells(ctxs, domains, sparsities, outs, trackers, fit_all) -> list[dict]``: ``adapt`` of
+  several cells, every ``pipeline.train.fit`` call of theirs made through ``fit_all`` (a list of ``fit``'s
+  keyword arguments less ``forward`` -> their histories): the adapt stage then trains the method's cells K at
+  a time in one stacked step (``pipeline.batched.fit_cells``, ``execute.batch``; keyed apart, ``pipeline.cells``);
 - ``variants(ctx, sparsity) -> list[Variant]``: the method's agents after its alignment step,
   for the ``evaluate`` stage (a method may offer several ways back to alignment); it finds each
   domain's artefacts at ``ctx.cell(NAME, domain, sparsity)`` (the context's seed, the chosen grid point).

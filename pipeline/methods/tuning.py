@@ -65,13 +65,14 @@ def finetune(ctx: Context, model, images, epochs: int, tag: str, key_parts) -> l
 
 
 def adapt(ctx: Context, domain: str, sparsity: None, out, tracker) -> dict:
-    return adapt_cells([ctx], [domain], [out], [tracker])[0]
+    return adapt_cells([ctx], [domain], [sparsity], [out], [tracker])[0]
 
 
-def adapt_cells(ctxs: list[Context], domains: list[str], outs: list, trackers: list,
+def adapt_cells(ctxs: list[Context], domains: list[str], sparsities: list[None], outs: list, trackers: list,
                 fit_all: Callable[[list[dict]], list[list[dict]]] = fit_each) -> list[dict]:
-    """``adapt`` of several cells, their two trainings each done by ``fit_all`` (a list of ``fit`` calls'
-    arguments -> their histories); ``train_seconds`` is each cell's share of the time."""
+    """``adapt`` of several cells (``sparsities``: None each: tuning has no budget), their two trainings each
+    done by ``fit_all`` (a list of ``fit`` calls' arguments -> their histories); ``train_seconds`` is each
+    cell's share of the time."""
     cells = list(zip(ctxs, domains, outs, strict=True))
     models = [ctx.pretrained().requires_grad_(True) for ctx in ctxs]
     start = time.perf_counter()

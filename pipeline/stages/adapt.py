@@ -3,7 +3,8 @@
 ``python -m pipeline.stages.adapt`` plans the cells of params.yaml wave by wave (a method runs in the
 wave after its ``NEEDS``), computes the missing ones of each wave at once through the executor of
 ``execute.executor`` (local, pool, ray) and assembles ``build/<run>/adapt/<method>/`` (per cell: the
-method's artefacts and ``<cell>.json``, keys CELL_KEYS). Cells are content-keyed (``pipeline.cells``):
+method's artefacts and ``<cell>.json``, keys CELL_KEYS; a method with ``adapt_cells`` trains its planned
+batches K cells at a time, ``execute.batch``). Cells are content-keyed (``pipeline.cells``):
 an unchanged cell is copied from the store, not recomputed. Then a wave's choices on an edge of their
 grid are extended (``search.max_extend``, ``pipeline.selection``): the next step's cells are computed and
 the choice made again, until every choice is interior or capped; with ``search.seeds`` below
@@ -18,7 +19,7 @@ import shutil
 import time
 from typing import TYPE_CHECKING
 
-from ..cells import assemble, compute, executor, method_module, plan, replicas_needed, scores
+from ..cells import assemble, compute_all, executor, method_module, plan, replicas_needed, scores
 from ..methods import waves
 from ..selection import extend, grid_points, picks, write_extended
 from ..tracking import Tracker
@@ -41,9 +42,7 @@ def main(params: Params, paths: Paths, argv: list[str] | None = None) -> None:
             extended, grow, done = {name: [] for name in wave}, True, 0
             while grow:  # the grid, then one step beyond each choice on an edge, until none is left
                 tasks = {name: plan(params, paths, method_module(name), extended[name]) for name in wave}
-                todo = [t for ts in tasks.values() for t in ts if not t.stored.is_dir()]
-                run_ex.map(compute, todo)
-                done += len(todo)
+                done += compute_all(run_ex, [t for ts in tasks.values() for t in ts])
                 grown = {name: extend(params, name, extended[name], scores(ts)) for name, ts in tasks.items()}
                 grow, extended = grown != extended, grown
             chosen = {name: picks(params, name, extended[name], scores(ts)) for name, ts in tasks.items()
@@ -51,9 +50,7 @@ def main(params: Params, paths: Paths, argv: list[str] | None = None) -> None:
             if chosen:  # search.seeds: the other seeds at each choice
                 tasks.update({name: plan(params, paths, method_module(name), extended[name], c)
                               for name, c in chosen.items()})
-                todo = [t for name in chosen for t in tasks[name] if not t.stored.is_dir()]
-                run_ex.map(compute, todo)
-                done += len(todo)
+                done += compute_all(run_ex, [t for name in chosen for t in tasks[name]])
             for name, ts in tasks.items():
                 assemble(paths, name, ts)
                 write_extended(paths, name, extended[name], len(grid_points(params, name)))
