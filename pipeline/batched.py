@@ -28,6 +28,7 @@ every bit).
 from __future__ import annotations
 
 import copy
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -44,10 +45,12 @@ if TYPE_CHECKING:
 # Where batching pays: on CUDA from 2 cells; on the CPU from CPU_CROSSOVER[threads] cells at that many torch
 # threads, the smallest K from which the measured median batched/sequential cells/s ratio stayed at 1.05 or
 # more (``python -m benchmarks.batched``, reports/benchmarks.md, section "Batched cells"); None, or a thread
-# count not measured: never on the CPU (``execute.batch: always`` still stacks there). Measured quiet on 2
-# cores of an AMD EPYC with AVX2 and no AVX-512 (the kind the benchmark targets): 0.94-0.96x at 1 thread,
-# 0.96-1.11x at 2 (1.00x at K = 8 and 16): no gain. An earlier run on an AVX-512 EPYC under load (load
-# average 5-8) read 1.19-3.2x at 2 threads with K = 1 itself at 1.10x: noise, not a crossover.
+# count not measured: never on the CPU (``execute.batch: always`` still stacks there). Measured twice, quiet,
+# on 2 cores of an AMD EPYC with AVX2 and no AVX-512 (the kind the benchmark targets): at 1 thread
+# 0.91-1.06x; at 2 threads the first run read 0.96-1.11x (1.00x at K = 8 and 16), the second 0.95-1.10x
+# (1.05x at 8, 1.10x at 16, so its crossover row reads K = 8): a gain of at most 10 % that one run shows and
+# the other does not, not worth a second path's bytes by default. An earlier run on an AVX-512 EPYC under
+# load (load average 5-8) read 1.19-3.2x at 2 threads with K = 1 itself at 1.10x: noise, not a crossover.
 CPU_CROSSOVER: dict[int, int | None] = {1: None, 2: None}
 MAX_CELLS = 16      # cells a stacked step holds on CUDA (the adapt stage's batches, pipeline.cells)
 CPU_MAX_CELLS = 8   # on the CPU (execute.batch: always): no K measured faster than 8
@@ -193,7 +196,7 @@ def _epoch(runs: list[dict], epoch: int, precision: str) -> list[float]:
     device, batch_size, n = runs[0]["device"], runs[0]["batch_size"], len(runs[0]["images"])
     gens = [epoch_generator(r["seed"], epoch, device) for r in runs]
     orders = [torch.randperm(n, generator=torch.Generator().manual_seed(r["seed"] * 1_000_003 + epoch)) for r in runs]
-    totals, seen = [0.0] * len(runs), 0
+    totals, seen, start = [0.0] * len(runs), 0, time.perf_counter()
     for i in range(0, n, batch_size):
         x = torch.stack([to_float(r["images"][o[i:i + batch_size]], device) for r, o in zip(runs, orders)])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -206,6 +209,7 @@ def _epoch(runs: list[dict], epoch: int, precision: str) -> list[float]:
             r["optimizer"].step()
         totals = [t + float(loss.detach()) * x.shape[1] for t, loss in zip(totals, losses)]
         seen += x.shape[1]
+    train.LOOP_SECONDS["train"] += time.perf_counter() - start
     return [t / seen for t in totals]
 
 

@@ -173,6 +173,12 @@ def _import_ipython() -> None:
         import IPython  # noqa: F401
 
 
+def _loop_seconds() -> dict[str, float]:
+    """``pipeline.train.LOOP_SECONDS`` when this process has imported it (read, not imported: no torch here)."""
+    train = sys.modules.get("pipeline.train")
+    return dict(getattr(train, "LOOP_SECONDS", {"train": 0.0, "evaluate": 0.0}))
+
+
 class Tracker:
     """Context manager for one stage cell's MLflow child run; every call is failure-tolerant.
 
@@ -182,6 +188,9 @@ class Tracker:
     written in order by the same thread, and ``__exit__`` waits until all of it is in ``mlflow.db``.
     The child run's start time is taken at ``__enter__``, so durations in the UI are the stage's.
     Reading ``run_id`` waits for the run to exist (``None`` when tracking failed).
+    At ``__exit__`` the run gets ``loop_train_seconds`` and ``loop_evaluate_seconds``: the time this
+    process spent inside the training and evaluation loops while the run was open (``pipeline.train``'s
+    ``LOOP_SECONDS``; a cell computed by a pool or Ray worker counts in its own run, not its stage's).
     """
 
     def __init__(self, params: Params, paths: Paths, stage: str, cell: str | None = None, *,
@@ -328,6 +337,7 @@ class Tracker:
                                tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
     def __enter__(self) -> "Tracker":
+        self._loops = _loop_seconds()
         _import_ipython()
         self._worker = threading.Thread(target=self._work, args=(int(time.time() * 1000),),
                                         name=f"mlflow-{self.stage}", daemon=True)
@@ -336,6 +346,8 @@ class Tracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "FAILED" if exc_type else "FINISHED"
+        now = _loop_seconds()
+        self.log_metrics({f"loop_{k}_seconds": now[k] - self._loops.get(k, 0.0) for k in now})
 
         def _end():
             # Every stage closes the parent run as it ends (and reopens it as it starts), so the parent's

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -56,6 +57,10 @@ def deterministic_algorithms() -> None:
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 dot products (x86)
 
 _precision = "fp32"  # this process's training precision: train.precision as resolved by setup_runtime
+# Seconds this process spent inside the training and evaluation loops (every epoch of train_one_epoch and of
+# pipeline.batched, every pass of evaluate_quality_fanout): a Tracker logs its run's share, and
+# ``python -m benchmarks`` sets them against the wall time (the overhead ratio).
+LOOP_SECONDS = {"train": 0.0, "evaluate": 0.0}
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
@@ -181,7 +186,7 @@ def train_one_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, images:
     gen = epoch_generator(seed, epoch, device)
     n = len(images)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    total, seen = 0.0, 0
+    total, seen, start = 0.0, 0, time.perf_counter()
     for i in progress(range(0, n, batch_size), desc):
         x = to_float(images[order[i:i + batch_size]], device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -195,6 +200,7 @@ def train_one_epoch(module: nn.Module, optimizer: torch.optim.Optimizer, images:
             scheduler.step()
         total += float(loss.detach()) * len(x)
         seen += len(x)
+    LOOP_SECONDS["train"] += time.perf_counter() - start
     return total / seen
 
 
@@ -281,6 +287,7 @@ def evaluate_quality_fanout(transmit: Callable[[torch.Tensor, torch.Generator], 
     of a receiver are measured on the same reconstruction. Always fp32: autocast is off here even
     inside a caller's autocast region, whatever ``train.precision``.
     """
+    start = time.perf_counter()
     gen = torch.Generator(device=device)
     gen.manual_seed(noise_seed)
     psnrs: list[list[torch.Tensor]] = [[] for _ in receivers]
@@ -294,6 +301,7 @@ def evaluate_quality_fanout(transmit: Callable[[torch.Tensor, torch.Generator], 
                 p_out.append(psnr_per_image(out, x).cpu())
                 if ssim:
                     s_out.append(ssim_per_image(out, x).cpu())
+    LOOP_SECONDS["evaluate"] += time.perf_counter() - start
     return [Quality(torch.cat(p), torch.cat(s) if ssim else None) for p, s in zip(psnrs, ssims)]
 
 

@@ -328,15 +328,17 @@ def test_mlflow_history_reads_the_latest_quick_execution(tmp_path, mlflow_templa
     def execution(key, start, stages, profile="quick", experiment=exp):
         parent = client.create_run(experiment, start_time=start, tags={"zfda.execution": key, "profile": profile,
                                                                         "data.source": "builtin"}, run_name=key)
-        for name, offset, seconds in stages:
+        for name, offset, seconds, *loops in stages:
             run = client.create_run(experiment, start_time=start + offset * 1000, run_name=name, tags={
                 "mlflow.parentRunId": parent.info.run_id, "stage": name.split("[")[0], "profile": profile})
+            for key, value in zip(("loop_train_seconds", "loop_evaluate_seconds"), loops):
+                client.log_metric(run.info.run_id, key, value)
             client.set_terminated(run.info.run_id, "FINISHED", end_time=start + (offset + seconds) * 1000)
         client.set_terminated(parent.info.run_id, "FINISHED")
         return parent.info.run_id
 
     execution("dvc-1", t0, [("domains", 0, 5), ("pretrain", 8, 60), ("adapt_sam[VA-0.01]", 70, 20)])
-    execution("dvc-2", t0 + 10**6, [("adapt_sam[VA-0.01]", 0, 10), ("evaluate", 12, 4)])
+    execution("dvc-2", t0 + 10**6, [("adapt_sam[VA-0.01]", 0, 10, 6, 1), ("evaluate", 12, 4, 0, 3)])
     execution("dvc-3", t0 + 2 * 10**6, [("pretrain", 0, 1)], profile="paper")  # another profile: ignored
     execution("dvc-4", t0 + 3 * 10**6, [("pretrain", 0, 1)], experiment=other)  # another experiment: ignored
     client.delete_run(execution("dvc-5", t0 + 4 * 10**6, [("pretrain", 0, 1)]))  # deleted: ignored
@@ -346,8 +348,11 @@ def test_mlflow_history_reads_the_latest_quick_execution(tmp_path, mlflow_templa
     assert h["median_gap_s"] == pytest.approx(2.0)  # gaps 3, 2, 2
     assert h["found"] == 4 and h["missing"] == ["report"]
     assert h["composite_s"] == pytest.approx(5 + 60 + 10 + 4 + 4 * 2.0)  # latest finished run per cell
+    assert h["loops_s"] == {"loop_train_seconds": 6.0, "loop_evaluate_seconds": 4.0}
     got, section = history.rows_history(h, db)
-    assert [r.status for r in got] == ["INFO", "INFO"]  # "report" never ran: not judged
+    assert [r.status for r in got] == ["INFO", "INFO", "INFO"]  # "report" never ran: not judged
+    assert "16 s / 10 s (training 6 s, evaluation 4 s) = 1.60 (partial execution)" == got[2].measured
+    assert history.rows_history({**h, "loops_s": None}, db)[0][2].status == "SKIP"  # stages that logged none
     assert ["evaluate", "12", "4.0", "FINISHED"] in _cells(section)
     assert history.mlflow_quick_history(tmp_path / "absent.db") is None
     assert not (tmp_path / "absent.db").exists()  # reading never creates a store
