@@ -11,11 +11,13 @@ temporary folder and renamed into place when complete: a killed worker leaves no
 that could be read, and two workers finishing the same cell keep the first complete copy.
 
 A method that defines ``adapt_cells`` may train its cells K at a time in one stacked step
-(``pipeline.batched``, ``execute.batch``; ``batched_path`` decides per method, from the method's grid, not
-from what is left to compute, so a resumed run takes the path of the run it resumes). A stacked step rounds
-otherwise than one cell at a time, so such cells carry ``"path": "batched"`` in their keys: each path's
-bytes stay reproducible and neither is ever read for the other. ``compute_batch`` computes a batch of
-cells as ``compute`` computes one: temporary folders, each renamed into place when complete.
+(``pipeline.batched``, ``execute.batch``; ``batch_size`` decides per method, from the method's grid, not
+from what is left to compute, so a resumed run takes the path of the run it resumes). ``plan`` cuts each
+segment of cells (the grid, each extended point, the replicas) into batches; a stacked step rounds
+otherwise than one cell at a time, and otherwise for another K, so such a cell's key holds the path, its
+batch's K and the digest of ``pipeline.batched``: each path's bytes are a function of the key and neither
+is ever read for the other. ``compute_batch`` computes a batch as ``compute`` computes one cell:
+temporary folders, each renamed into place when complete.
 """
 from __future__ import annotations
 
